@@ -1,0 +1,5 @@
+"""vistream: a real-time video analytics engine."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

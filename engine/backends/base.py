@@ -1,0 +1,63 @@
+"""The inference backend contract: named arrays in, named arrays out.
+
+Backends know nothing about models' meaning: YOLO decoding, NMS, softmax and the like
+live in the plugins. A backend is chosen by the model file's type (see
+:func:`engine.backends.load_backend`).
+
+Convention:
+    - Inputs and outputs are numpy arrays on the CPU, or torch tensors on the backend's
+      device when the backend runs on a GPU (so preprocessed frames never leave it).
+    - ``shape`` entries of a :class:`TensorSpec` are ints, or None for a dynamic axis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, shape and element type of one model input or output.
+
+    Attributes:
+        name: Tensor name in the model.
+        shape: Dimensions; None marks a dynamic axis (such as a dynamic batch).
+        dtype: numpy dtype name, such as ``"float32"`` or ``"float16"``.
+    """
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+
+    @property
+    def dynamic_batch(self) -> bool:
+        """True when the first axis accepts any batch size."""
+        return len(self.shape) > 0 and self.shape[0] is None
+
+
+class InferenceBackend(Protocol):
+    """Runs one model. Construct cheaply, ``load`` does the heavy work."""
+
+    @property
+    def device(self) -> str:
+        """Where the model runs: ``"cpu"`` or ``"cuda:N"``."""
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        """Input tensor specs, in model order."""
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        """Output tensor specs, in model order."""
+
+    @property
+    def metadata(self) -> Mapping[str, str]:
+        """Model metadata strings (ONNX metadata_props, or the equivalent)."""
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """Run one inference on named inputs and return named outputs."""
+
+    def close(self) -> None:
+        """Release the model."""
