@@ -61,6 +61,9 @@ class Frame:
         layers: Named detection layers.
         canvas: A BGR copy of ``image`` that drawing stages paint on; None until one does.
         skipped_reason: Set when a stage failed on this frame under the ``skip`` policy.
+        events: Things stages noticed on this frame that are not detections, as JSON-ready
+            dicts with a ``"type"`` key (for example ``{"type": "calibration_suspect", ...}``);
+            the JSONL sink writes them with the frame.
     """
 
     source_id: str
@@ -71,6 +74,7 @@ class Frame:
     layers: dict[str, sv.Detections] = field(default_factory=dict)
     canvas: np.ndarray | None = None
     skipped_reason: str | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def height(self) -> int:

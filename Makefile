@@ -1,0 +1,35 @@
+# `make demo`, `make test`, `make bench` set themselves up on a fresh machine:
+# Debian packages for GStreamer when missing, then a virtualenv in .venv/ with pip.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+SHARED ?= ../shared
+EXTRAS ?= gst,dev
+
+.PHONY: setup system-deps demo test bench lint clean
+
+setup: system-deps $(VENV)/.installed
+
+system-deps:
+	@bash .ci/install-system-deps.sh
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e ".[$(EXTRAS)]"
+	touch $@
+
+demo: setup
+	$(VENV)/bin/vistream run $(SHARED)/media/traffic/highway_overpass_320x240_60fps.avi \
+		--pipeline default --out out/demo
+
+test: setup
+	VISTREAM_SHARED=$(SHARED) $(VENV)/bin/python -m pytest -q -rs
+
+bench: setup
+	$(VENV)/bin/python benchmarks/end_to_end.py --shared $(SHARED) --out out/bench
+
+lint: setup
+	$(VENV)/bin/ruff check engine plugins tests benchmarks
+
+clean:
+	rm -rf $(VENV) out

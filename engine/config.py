@@ -1,0 +1,325 @@
+"""Pipeline YAML → validated :class:`PipelineSpec`, with stage arguments bound to constructors.
+
+Format::
+
+    source: path/or/uri.mp4          # optional; the CLI's SOURCE argument wins
+    device: cpu                      # cpu | cuda | cuda:N
+    batch_size: 1                    # frames per stage call
+    on_error: fail                   # fail | skip (skip the batch, count it, go on)
+    stages:
+      - stage: detect                # entry-point name or package.module:Class
+        name: detect                 # optional label (defaults to the stage value)
+        model: ${VISTREAM_MODELS}/yolo11n_fp32_320.onnx
+        confidence: 0.25
+
+Every error names its place, e.g. ``stages[1] (track): unexpected argument 'buffer'``.
+String values may use ``${VAR}`` or ``${VAR:-default}``; arguments annotated as ``Path``
+are resolved relative to the YAML file's directory.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import inspect
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from engine.errors import ConfigError, EngineError
+from engine.registry import resolve_stage
+from engine.stage import Stage
+
+#: Directory of the pipelines that ship with the engine (chosen by name: `--pipeline traffic`).
+PIPELINES_DIR = Path(__file__).parent / "pipelines"
+
+_TOP_LEVEL_KEYS = {"source", "device", "batch_size", "on_error", "stages"}
+_ERROR_POLICIES = ("fail", "skip")
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage of a pipeline, validated but not constructed.
+
+    Attributes:
+        position: Index in the YAML ``stages`` list (used in error messages).
+        name: Label of the stage (metrics and summaries use it).
+        stage_class: The class to construct.
+        arguments: Keyword arguments for the constructor, already type-checked.
+    """
+
+    position: int
+    name: str
+    stage_class: type
+    arguments: dict[str, Any]
+
+    @property
+    def place(self) -> str:
+        """Where the stage is in the YAML, for messages: ``stages[1] (track)``."""
+        return f"stages[{self.position}] ({self.name})"
+
+    def build(self) -> Stage:
+        """Construct the stage; constructor errors become ConfigError naming the place."""
+        try:
+            return self.stage_class(**self.arguments)  # type: ignore[no-any-return]
+        except EngineError as error:
+            raise type(error)(f"{self.place}: {error}") from error
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"{self.place}: {error}") from error
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """A whole pipeline: where frames come from, how they are batched, and the stages.
+
+    Attributes:
+        stages: The stages, in order.
+        device: ``"cpu"`` or a CUDA device.
+        batch_size: Frames per stage call.
+        on_error: ``"fail"`` (stop with an error) or ``"skip"`` (count the batch as skipped).
+        source: Default source URI when the command line gives none.
+        config_dir: Directory of the YAML file (relative paths resolve against it).
+    """
+
+    stages: list[StageSpec]
+    device: str = "cpu"
+    batch_size: int = 1
+    on_error: str = "fail"
+    source: str | None = None
+    config_dir: Path = Path(".")
+
+
+def default_variables() -> dict[str, str]:
+    """Variables a pipeline YAML may use even when the environment does not set them."""
+    shared = os.environ.get("VISTREAM_SHARED", str(Path.cwd() / ".." / "shared"))
+    return {
+        "VISTREAM_SHARED": shared,
+        "VISTREAM_MODELS": os.environ.get("VISTREAM_MODELS", str(Path(shared) / "models")),
+        "VISTREAM_CALIBRATIONS": os.environ.get(
+            "VISTREAM_CALIBRATIONS", str(Path(__file__).resolve().parent.parent / "calibrations")
+        ),
+    }
+
+
+def find_pipeline(name_or_path: str) -> Path:
+    """Return the YAML file for a path, or for the name of a shipped pipeline."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = PIPELINES_DIR / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return shipped
+    names = ", ".join(sorted(p.stem for p in PIPELINES_DIR.glob("*.yaml")))
+    raise ConfigError(f"pipeline '{name_or_path}' is neither a file nor a shipped pipeline ({names})")
+
+
+def load_pipeline(name_or_path: str) -> PipelineSpec:
+    """Read, validate and bind a pipeline YAML file (or a shipped pipeline by name)."""
+    path = find_pipeline(name_or_path)
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from error
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read: {error.strerror}") from error
+    try:
+        return parse_pipeline(document, config_dir=path.resolve().parent)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from error
+
+
+def parse_pipeline(document: Any, *, config_dir: Path) -> PipelineSpec:
+    """Validate an already-parsed YAML document (a dict) into a PipelineSpec."""
+    if not isinstance(document, dict):
+        raise ConfigError(f"expected a mapping with a 'stages' list, got {type(document).__name__}")
+    unknown = sorted(set(document) - _TOP_LEVEL_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown key '{unknown[0]}' (expected {', '.join(sorted(_TOP_LEVEL_KEYS))})")
+    stages_document = document.get("stages")
+    if not isinstance(stages_document, list) or not stages_document:
+        raise ConfigError("'stages' must be a non-empty list")
+    variables = default_variables()
+    device = _expect(document.get("device", "cpu"), str, "device")
+    if device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):
+        raise ConfigError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got '{device}'")
+    batch_size = _expect(document.get("batch_size", 1), int, "batch_size")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size: expected a positive integer, got {batch_size}")
+    on_error = _expect(document.get("on_error", "fail"), str, "on_error")
+    if on_error not in _ERROR_POLICIES:
+        raise ConfigError(f"on_error: expected one of {', '.join(_ERROR_POLICIES)}, got '{on_error}'")
+    source = document.get("source")
+    if source is not None:
+        source = _expand(_expect(source, str, "source"), variables, "source")
+    stages = [
+        _parse_stage(position, entry, config_dir, variables)
+        for position, entry in enumerate(stages_document)
+    ]
+    names = [spec.name for spec in stages]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ConfigError(f"stage name '{duplicates[0]}' is used twice; give one a 'name:'")
+    return PipelineSpec(
+        stages=stages,
+        device=device,
+        batch_size=batch_size,
+        on_error=on_error,
+        source=source,
+        config_dir=config_dir,
+    )
+
+
+def _parse_stage(
+    position: int, entry: Any, config_dir: Path, variables: dict[str, str]
+) -> StageSpec:
+    place = f"stages[{position}]"
+    if not isinstance(entry, dict) or "stage" not in entry:
+        raise ConfigError(f"{place}: expected a mapping with a 'stage' key")
+    stage_value = _expect(entry["stage"], str, f"{place}.stage")
+    name = _expect(entry.get("name", stage_value), str, f"{place}.name")
+    place = f"{place} ({name})"
+    try:
+        stage_class = resolve_stage(stage_value)
+    except EngineError as error:
+        raise ConfigError(f"{place}: {error}") from error
+    raw_arguments = {key: value for key, value in entry.items() if key not in ("stage", "name")}
+    arguments = bind_arguments(stage_class, raw_arguments, place, config_dir, variables)
+    return StageSpec(position=position, name=name, stage_class=stage_class, arguments=arguments)
+
+
+def bind_arguments(
+    stage_class: type,
+    raw_arguments: dict[str, Any],
+    place: str,
+    config_dir: Path,
+    variables: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Check YAML arguments against the constructor signature and convert them.
+
+    Raises:
+        ConfigError: An unexpected or missing argument, or a value of the wrong type.
+    """
+    variables = variables if variables is not None else default_variables()
+    signature = inspect.signature(stage_class.__init__)
+    parameters = {
+        name: parameter
+        for name, parameter in signature.parameters.items()
+        if name != "self" and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+    }
+    accepts_any = any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values())
+    for key in raw_arguments:
+        if key not in parameters and not accepts_any:
+            expected = ", ".join(parameters) or "no arguments"
+            raise ConfigError(f"{place}: unexpected argument '{key}' (expected: {expected})")
+    missing = [
+        name
+        for name, parameter in parameters.items()
+        if parameter.default is parameter.empty and name not in raw_arguments
+    ]
+    if missing:
+        raise ConfigError(f"{place}: missing required argument '{missing[0]}'")
+    try:
+        hints = typing.get_type_hints(stage_class.__init__)
+    except Exception:  # unresolvable annotations: bind without type checks
+        hints = {}
+    bound: dict[str, Any] = {}
+    for key, value in raw_arguments.items():
+        where = f"{place}: argument '{key}'"
+        bound[key] = _convert(value, hints.get(key, Any), where, config_dir, variables)
+    return bound
+
+
+def _convert(value: Any, hint: Any, where: str, config_dir: Path, variables: dict[str, str]) -> Any:
+    """Convert a YAML value to the annotated type, or raise ConfigError naming the place."""
+    if isinstance(value, str):
+        value = _expand(value, variables, where)
+    origin = typing.get_origin(hint)
+    if hint is Any or hint is inspect.Parameter.empty:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(value, option, where, config_dir, variables)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if errors else f"{where}: unexpected value {value!r}")
+    if origin is typing.Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise ConfigError(f"{where}: expected one of {', '.join(map(repr, allowed))}, got {value!r}")
+        return value
+    if origin in (list, tuple, collections.abc.Sequence):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        item_hints = typing.get_args(hint)
+        if origin is tuple and item_hints and item_hints[-1] is not Ellipsis:
+            if len(value) != len(item_hints):
+                raise ConfigError(f"{where}: expected {len(item_hints)} items, got {len(value)}")
+            return tuple(
+                _convert(item, item_hint, where, config_dir, variables)
+                for item, item_hint in zip(value, item_hints, strict=True)
+            )
+        item_hint = item_hints[0] if item_hints else Any
+        items = [_convert(item, item_hint, where, config_dir, variables) for item in value]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return value
+    if hint is Path:
+        if not isinstance(value, (str, Path)):
+            raise ConfigError(f"{where}: expected a path, got {value!r}")
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (config_dir / path)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _expand(text: str, variables: dict[str, str], where: str) -> str:
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if name in variables:
+            return variables[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{where}: environment variable '{name}' is not set")
+
+    return _VARIABLE.sub(replace, text)
+
+
+def _expect(value: Any, kind: type, where: str) -> Any:
+    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+        raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}")
+    return value

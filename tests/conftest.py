@@ -1,0 +1,60 @@
+"""Shared fixtures: where the real models and media are, and marker handling."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DIR = Path(os.environ.get("VISTREAM_SHARED", REPO_ROOT.parent / "shared")).resolve()
+
+
+def shared_path(relative: str) -> Path:
+    """Return a file of ../shared, or skip the test with a reason when it is absent."""
+    path = SHARED_DIR / relative
+    if not path.exists():
+        pytest.skip(f"shared data not available: {path} (set VISTREAM_SHARED)")
+    return path
+
+
+@pytest.fixture
+def highway_video() -> Path:
+    """The 1,700-frame 320x240 60 fps highway overpass video."""
+    return shared_path("media/traffic/highway_overpass_320x240_60fps.avi")
+
+
+@pytest.fixture
+def yolo_model() -> Path:
+    """YOLO11n float32 ONNX, 320x320, fixed batch 1."""
+    return shared_path("models/yolo11n_fp32_320.onnx")
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def _tensorrt_available() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip `gpu` and `tensorrt` tests where those are missing (`gst` is checked per module)."""
+    skip_gpu = None if _cuda_available() else pytest.mark.skip(reason="needs a CUDA GPU")
+    skip_trt = None if _tensorrt_available() else pytest.mark.skip(
+        reason="needs TensorRT (not installable on these machines)"
+    )
+    for item in items:
+        if skip_gpu is not None and "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+        if skip_trt is not None and "tensorrt" in item.keywords:
+            item.add_marker(skip_trt)
