@@ -1,0 +1,222 @@
+"""ByteTrack multi-object tracking, one tracker per source, on top of roboflow ``trackers``.
+
+Convention:
+    - Reads and rewrites one detection layer (``layer``). The output keeps EVERY input
+      detection, in the input order, with every column (``mask``, ``confidence``,
+      ``class_id``, ``data``) unchanged; only ``tracker_id`` is set.
+    - ``tracker_id`` is an ``int`` array; track ids start at 1 per source, and
+      :data:`engine.serialize.NO_TRACK_ID` (-1) means "no id": a detection below
+      ``low_conf_det_threshold``, one that matched no track, or one whose track is not yet
+      confirmed (fewer than ``minimum_consecutive_frames`` consecutive matches).
+    - The tracker is class-agnostic (as ByteTrack and ultralytics' ByteTrack are).
+    - Time comes from ``Frame.pts_ns``, so dropped or irregular frames predict the right
+      motion; a timestamp that does not advance is replaced by one nominal frame later.
+
+Parameters against ultralytics' ``bytetrack.yaml`` (the defaults reproduce it as far as the
+trackers API allows):
+
+    - ``track_high_thresh: 0.25`` -> ``high_conf_det_threshold=0.25`` (first-stage split).
+    - ``track_low_thresh: 0.1`` -> ``low_conf_det_threshold=0.1`` (below it a detection is
+      never associated; implemented here, trackers has no such bound).
+    - ``new_track_thresh: 0.25`` -> ``track_activation_threshold=0.25``.
+    - ``track_buffer: 30`` -> ``lost_track_buffer=30`` (both in 30-fps frames, scaled by fps).
+    - ``match_thresh: 0.8`` (a cost, 1 - IoU) -> ``minimum_iou_threshold=0.2``.
+    - a new track is confirmed on its second match -> ``minimum_consecutive_frames=2``.
+    - ``fuse_score: True`` has no equivalent: trackers matches on plain IoU.
+
+trackers uses one IoU threshold for both association stages, where ultralytics asks
+IoU > 0.5 in its second (low-confidence) stage; ultralytics also confirms tracks born on a
+video's very first frame at once (here they need two matches like any other) and drops
+detections without a confirmed track from its output (here they stay, with id -1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import supervision as sv
+from trackers import ByteTrackTracker
+
+from engine.errors import ConfigError
+from engine.frame import OBJECTS_LAYER, Batch, Frame
+from engine.serialize import NO_TRACK_ID
+from engine.stage import BaseStage, Context
+
+logger = logging.getLogger(__name__)
+
+#: Frame rate assumed when a source does not report one.
+FALLBACK_FPS = 30.0
+
+# Column name, private to this module, carrying each detection's input position through the
+# tracker, which returns detections re-ordered.
+_INDEX_KEY = "_vistream_index"
+
+
+@dataclass
+class _SourceTrack:
+    tracker: ByteTrackTracker
+    frame_period_s: float
+    last_timestamp_s: float | None = None
+
+
+def _check_fraction(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ConfigError(f"track: {name} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def _check_int(name: str, value: int, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"track: {name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+class ByteTrackStage(BaseStage):
+    """Assigns stable track ids to one detection layer with ByteTrack, one tracker per source.
+
+    Use one stage instance per layer to track several layers (e.g. ``objects`` and ``faces``).
+
+    Args:
+        layer: Detection layer to track; rewritten in place of the input layer.
+        lost_track_buffer: How long a lost track is kept for re-association, in frames at
+            30 fps (scaled to the source's fps; with timestamps, ``lost_track_buffer / 30``
+            seconds).
+        track_activation_threshold: Minimum confidence of an unmatched detection to start a
+            new track.
+        minimum_consecutive_frames: Consecutive matches before a track gets its id; until
+            then its detections carry -1.
+        minimum_iou_threshold: Minimum IoU between a predicted track box and a detection to
+            associate them (both stages).
+        high_conf_det_threshold: Confidence that splits detections into the first
+            (high) and second (low) association stage.
+        low_conf_det_threshold: Detections below this confidence are not given to the
+            tracker at all (kept in the layer with -1), like ultralytics' ``track_low_thresh``.
+
+    Raises:
+        ConfigError: An argument is out of range.
+    """
+
+    def __init__(
+        self,
+        *,
+        layer: str = OBJECTS_LAYER,
+        lost_track_buffer: int = 30,
+        track_activation_threshold: float = 0.25,
+        minimum_consecutive_frames: int = 2,
+        minimum_iou_threshold: float = 0.2,
+        high_conf_det_threshold: float = 0.25,
+        low_conf_det_threshold: float = 0.1,
+    ) -> None:
+        if not isinstance(layer, str) or not layer:
+            raise ConfigError(f"track: layer must be a non-empty layer name, got {layer!r}")
+        self.layer = layer
+        self.lost_track_buffer = _check_int("lost_track_buffer", lost_track_buffer, 0)
+        self.minimum_consecutive_frames = _check_int(
+            "minimum_consecutive_frames", minimum_consecutive_frames, 1
+        )
+        self.track_activation_threshold = _check_fraction(
+            "track_activation_threshold", track_activation_threshold
+        )
+        self.minimum_iou_threshold = _check_fraction("minimum_iou_threshold", minimum_iou_threshold)
+        self.high_conf_det_threshold = _check_fraction(
+            "high_conf_det_threshold", high_conf_det_threshold
+        )
+        self.low_conf_det_threshold = _check_fraction(
+            "low_conf_det_threshold", low_conf_det_threshold
+        )
+        if self.low_conf_det_threshold > self.high_conf_det_threshold:
+            raise ConfigError(
+                f"track: low_conf_det_threshold ({self.low_conf_det_threshold}) must not exceed "
+                f"high_conf_det_threshold ({self.high_conf_det_threshold})"
+            )
+        self._context = Context()
+        self._sources: dict[str, _SourceTrack] = {}
+
+    def open(self, context: Context) -> None:
+        """Remember the sources' frame rates; trackers are created on each source's first frame."""
+        self._context = context
+        self._sources.clear()
+
+    def __call__(self, batch: Batch) -> Batch:
+        """Track the layer of every frame, in batch order (frames of a source come in order)."""
+        for frame in batch:
+            frame.layers[self.layer] = self._track(frame)
+        return batch
+
+    def end_of_stream(self, source_id: str) -> None:
+        """Forget the source's tracker: a restarted source gets ids from 1 again."""
+        self._sources.pop(source_id, None)
+
+    def close(self) -> None:
+        """Drop every tracker."""
+        self._sources.clear()
+
+    def _source(self, source_id: str) -> _SourceTrack:
+        state = self._sources.get(source_id)
+        if state is None:
+            info = self._context.sources.get(source_id)
+            fps = info.fps if info is not None else None
+            if fps is None or not math.isfinite(fps) or fps <= 0:
+                logger.info(
+                    "track: source %r reports no frame rate; assuming %.0f fps",
+                    source_id,
+                    FALLBACK_FPS,
+                )
+                fps = FALLBACK_FPS
+            tracker = ByteTrackTracker(
+                lost_track_buffer=self.lost_track_buffer,
+                frame_rate=float(fps),
+                track_activation_threshold=self.track_activation_threshold,
+                minimum_consecutive_frames=self.minimum_consecutive_frames,
+                minimum_iou_threshold=self.minimum_iou_threshold,
+                high_conf_det_threshold=self.high_conf_det_threshold,
+            )
+            state = _SourceTrack(tracker=tracker, frame_period_s=1.0 / float(fps))
+            self._sources[source_id] = state
+        return state
+
+    def _timestamp_s(self, state: _SourceTrack, frame: Frame) -> float:
+        timestamp_s = frame.pts_ns / 1e9
+        last = state.last_timestamp_s
+        if last is not None and not timestamp_s > last:
+            # trackers skips the whole update on a backwards timestamp (every id -1) and the
+            # Kalman predict on a repeated one; one nominal frame later keeps tracking going.
+            logger.debug(
+                "track: %s frame %d pts %.6f s does not advance past %.6f s; using +1 frame",
+                frame.source_id,
+                frame.index,
+                timestamp_s,
+                last,
+            )
+            timestamp_s = last + state.frame_period_s
+        state.last_timestamp_s = timestamp_s
+        return timestamp_s
+
+    def _track(self, frame: Frame) -> sv.Detections:
+        detections = frame.layer(self.layer)
+        state = self._source(frame.source_id)
+        timestamp_s = self._timestamp_s(state, frame)
+
+        if detections.confidence is None:
+            fed = np.arange(len(detections))
+        else:
+            fed = np.flatnonzero(np.asarray(detections.confidence) >= self.low_conf_det_threshold)
+        # Only boxes and scores go in: the tracker re-orders and copies what it is given, so
+        # the real columns stay untouched and the output keeps the input order.
+        query = sv.Detections(
+            xyxy=np.asarray(detections.xyxy)[fed],
+            confidence=None if detections.confidence is None else detections.confidence[fed],
+            data={_INDEX_KEY: fed},
+        )
+        tracked = state.tracker.update(query, timestamp=timestamp_s)
+
+        tracker_id = np.full(len(detections), NO_TRACK_ID, dtype=int)
+        if len(tracked) > 0:
+            ids = np.asarray(tracked.tracker_id, dtype=int)
+            # trackers counts ids from 0; ids from 1 match ultralytics and MOTChallenge.
+            tracker_id[tracked.data[_INDEX_KEY]] = np.where(ids >= 0, ids + 1, NO_TRACK_ID)
+        return dataclasses.replace(detections, tracker_id=tracker_id, data=dict(detections.data))
