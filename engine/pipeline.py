@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from engine.config import PipelineSpec
 from engine.errors import ConfigError, EngineError, SourceError
@@ -42,6 +42,19 @@ class NamedStage:
     stage: Stage
 
 
+class PipelineObserver(Protocol):
+    """Sees every stage call and every batch output, e.g. to record per-frame timelines.
+
+    Times are ``time.monotonic_ns()``, the clock of ``Frame.capture_ns``.
+    """
+
+    def on_stage(self, stage_name: str, batch: Batch, started_ns: int, finished_ns: int) -> None:
+        """A stage processed ``batch`` between the two times."""
+
+    def on_output(self, batch: Batch, written_ns: int) -> None:
+        """Every sink has written ``batch``."""
+
+
 class _EndOfStream:
     """Queue marker: the reader thread reached the end (``error`` set when it failed)."""
 
@@ -61,6 +74,7 @@ class Pipeline:
         device: Device given to stages in their :class:`Context`.
         config_dir: Directory relative paths were resolved against.
         read_ahead_frames: Size of the queue between the reader thread and the loop.
+        observers: Told about every stage call and output (benchmarks use this).
     """
 
     def __init__(
@@ -72,6 +86,7 @@ class Pipeline:
         device: str = "cpu",
         config_dir: Path = Path("."),
         read_ahead_frames: int = 8,
+        observers: Sequence[PipelineObserver] = (),
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size: expected a positive integer, got {batch_size}")
@@ -83,6 +98,7 @@ class Pipeline:
         self.device = device
         self.config_dir = config_dir
         self.read_ahead_frames = max(read_ahead_frames, batch_size)
+        self.observers = list(observers)
         self.metrics = RunMetrics()
         self.source_info: SourceInfo | None = None
         self._stop = threading.Event()
@@ -249,17 +265,23 @@ class Pipeline:
         self, batch: Batch, sinks: Sequence[Sink], on_batch: Callable[[Batch], None] | None
     ) -> None:
         for named in self.stages:
-            started_ns = time.perf_counter_ns()
+            started_ns = time.monotonic_ns()
             try:
                 batch = named.stage(batch)
             except Exception as error:
                 self._handle_stage_error(named.name, batch, error)
                 break
             finally:
-                self.metrics.record_stage(named.name, time.perf_counter_ns() - started_ns, len(batch))
+                finished_ns = time.monotonic_ns()
+                self.metrics.record_stage(named.name, finished_ns - started_ns, len(batch))
+                for observer in self.observers:
+                    observer.on_stage(named.name, batch, started_ns, finished_ns)
         for sink in sinks:
             sink.write(batch)
-        self.metrics.record_output(batch, time.monotonic_ns())
+        written_ns = time.monotonic_ns()
+        self.metrics.record_output(batch, written_ns)
+        for observer in self.observers:
+            observer.on_output(batch, written_ns)
         if on_batch is not None:
             on_batch(batch)
 
