@@ -121,7 +121,8 @@ def detections_to_records(detections: sv.Detections) -> list[dict[str, Any]]:
     keys = list(RESERVED_KEYS)
     columns = [track_ids, class_ids, class_names, confidences, floats_to_json(detections.xyxy, 1)]
     for key, values in detections.data.items():
-        if key in RESERVED_KEYS:
+        # Per-detection pixel arrays (such as aligned face crops, n×h×w×3) are images, not events.
+        if key in RESERVED_KEYS or np.ndim(values) >= 4:
             continue
         keys.append(key)
         columns.append(column_to_json(key, values))
