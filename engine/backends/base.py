@@ -56,6 +56,9 @@ class InferenceBackend(Protocol):
     def metadata(self) -> Mapping[str, str]:
         """Model metadata strings (ONNX metadata_props, or the equivalent)."""
 
+    def load(self) -> None:
+        """Do the heavy work (read the model, create the session or engine); idempotent."""
+
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         """Run one inference on named inputs and return named outputs."""
 

@@ -1,0 +1,74 @@
+"""Inference backends, chosen by the model file's type.
+
+``load_backend("yolo.onnx", device="cpu")`` returns a loaded :class:`InferenceBackend`.
+Each suffix maps to a ``"module:Class"`` path that is imported only when a model of that
+type is loaded, so a machine without TensorRT or torch can still run ONNX models. Adding a
+backend is one line in :data:`BACKENDS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from pathlib import Path
+from typing import Any
+
+from engine.backends.base import InferenceBackend, TensorSpec
+from engine.errors import ConfigError, ModelError
+
+__all__ = ["BACKENDS", "InferenceBackend", "TensorSpec", "load_backend"]
+
+#: Model file suffix -> (backend name for messages, ``"module:Class"`` or None while the
+#: backend is not written yet).
+BACKENDS: dict[str, tuple[str, str | None]] = {
+    ".onnx": ("ONNX Runtime", "engine.backends.onnxruntime:OnnxRuntimeBackend"),
+    ".engine": ("TensorRT", None),
+    ".plan": ("TensorRT", None),
+    ".pt": ("PyTorch", None),
+    ".torchscript": ("PyTorch", None),
+}
+
+
+def load_backend(model_path: Path, *, device: str = "cpu", **options: Any) -> InferenceBackend:
+    """Build the backend for a model file from its suffix and load the model.
+
+    Args:
+        model_path: The model file (``.onnx``; ``.engine``/``.plan`` and ``.pt``/
+            ``.torchscript`` are recognised but their backends are not available yet).
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        **options: Backend-specific keyword options, for example ``intra_op_num_threads``
+            for ONNX Runtime. Options set to None are left at the backend's default.
+
+    Returns:
+        A backend whose model is loaded and ready to ``run``.
+
+    Raises:
+        ModelError: The file is missing, its type is not supported, or it cannot be loaded.
+        ConfigError: An option is not accepted by the backend, or the device is malformed.
+    """
+    path = Path(model_path)
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix not in BACKENDS:
+        supported = ", ".join(sorted(BACKENDS))
+        raise ModelError(
+            f"unsupported model file type {suffix or '(no suffix)'!r} for {path}; supported: {supported}"
+        )
+    name, target = BACKENDS[suffix]
+    if target is None:
+        raise ModelError(f"the {name} backend for {suffix} is not available yet: {path}")
+    module_name, class_name = target.split(":")
+    backend_class = getattr(importlib.import_module(module_name), class_name)
+
+    kwargs = {key: value for key, value in options.items() if value is not None}
+    accepted = inspect.signature(backend_class).parameters
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        valid = ", ".join(p for p in accepted if p not in ("model_path", "device"))
+        raise ConfigError(
+            f"the {name} backend does not accept option(s) {', '.join(unknown)}; valid: {valid}"
+        )
+    backend = backend_class(path, device=device, **kwargs)
+    backend.load()
+    return backend  # type: ignore[no-any-return]

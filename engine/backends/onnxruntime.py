@@ -1,0 +1,218 @@
+"""ONNX Runtime backend: CPU by default, the CUDA execution provider on ``cuda`` devices.
+
+Convention:
+    - Inputs and outputs are numpy arrays on the CPU (ONNX Runtime copies to and from the
+      GPU itself when the CUDA execution provider runs the model).
+    - Dynamic or symbolic dimensions are reported as None in :class:`TensorSpec` shapes.
+    - Element types are numpy dtype names: ``tensor(float)`` becomes ``"float32"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
+
+from engine.backends.base import TensorSpec
+from engine.errors import ConfigError, ModelError
+
+logger = logging.getLogger(__name__)
+
+# ONNX Runtime raises its own exception classes (derived straight from Exception, one per
+# status code); collect them all so a broken model becomes one ModelError line.
+_ORT_ERRORS: tuple[type[Exception], ...] = tuple(
+    value for value in vars(_ort_state).values() if isinstance(value, type) and issubclass(value, Exception)
+)
+
+# ONNX element type names whose numpy name differs; the rest ("int64", "uint8", "bool"...)
+# are the same in both.
+_ORT_TO_NUMPY = {"float": "float32", "double": "float64", "string": "str"}
+
+_CUDA_DEVICE = re.compile(r"^cuda(?::(\d+))?$")
+
+
+def _dtype_name(ort_type: str) -> str:
+    """Turn ``"tensor(float)"`` into ``"float32"``."""
+    inner = ort_type[len("tensor(") : -1] if ort_type.startswith("tensor(") else ort_type
+    return _ORT_TO_NUMPY.get(inner, inner)
+
+
+def _spec(node: Any) -> TensorSpec:
+    shape = tuple(dim if isinstance(dim, int) and dim >= 0 else None for dim in node.shape)
+    return TensorSpec(name=node.name, shape=shape, dtype=_dtype_name(node.type))
+
+
+def _one_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+class OnnxRuntimeBackend:
+    """Runs an ONNX model with ONNX Runtime.
+
+    Construction only validates arguments; :meth:`load` creates the session (and every
+    property loads it on first use).
+
+    Args:
+        model_path: The ``.onnx`` file.
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. CUDA needs the CUDA execution provider
+            (the ``onnxruntime-gpu`` package).
+        intra_op_num_threads: Threads used inside one operator; None lets ONNX Runtime pick
+            (one per physical core).
+        inter_op_num_threads: Threads used across independent operators; None lets ONNX
+            Runtime pick.
+
+    Raises:
+        ConfigError: The device or a thread count is malformed.
+    """
+
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        device: str = "cpu",
+        intra_op_num_threads: int | None = None,
+        inter_op_num_threads: int | None = None,
+    ) -> None:
+        self._model_path = Path(model_path)
+        cuda = _CUDA_DEVICE.match(device)
+        if device != "cpu" and cuda is None:
+            raise ConfigError(f"device {device!r} is not valid; expected 'cpu', 'cuda' or 'cuda:N'")
+        self._cuda_index: int | None = int(cuda.group(1) or 0) if cuda else None
+        for name, value in (
+            ("intra_op_num_threads", intra_op_num_threads),
+            ("inter_op_num_threads", inter_op_num_threads),
+        ):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
+        self._intra_op_num_threads = intra_op_num_threads
+        self._inter_op_num_threads = inter_op_num_threads
+        self._session: ort.InferenceSession | None = None
+        self._inputs: list[TensorSpec] = []
+        self._outputs: list[TensorSpec] = []
+        self._output_names: list[str] = []
+        self._metadata: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        return f"OnnxRuntimeBackend({str(self._model_path)!r}, device={self.device!r})"
+
+    @property
+    def model_path(self) -> Path:
+        """The model file."""
+        return self._model_path
+
+    @property
+    def device(self) -> str:
+        """Where the model runs: ``"cpu"`` or ``"cuda:N"``."""
+        return "cpu" if self._cuda_index is None else f"cuda:{self._cuda_index}"
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        """Input tensor specs, in model order."""
+        self.load()
+        return list(self._inputs)
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        """Output tensor specs, in model order."""
+        self.load()
+        return list(self._outputs)
+
+    @property
+    def metadata(self) -> Mapping[str, str]:
+        """The model's ``metadata_props`` (custom metadata map)."""
+        self.load()
+        return dict(self._metadata)
+
+    def _providers(self) -> list[Any]:
+        if self._cuda_index is None:
+            return ["CPUExecutionProvider"]
+        available = ort.get_available_providers()
+        if "CUDAExecutionProvider" not in available:
+            raise ModelError(
+                f"device {self.device!r} needs ONNX Runtime's CUDAExecutionProvider "
+                f"(package onnxruntime-gpu); available providers: {', '.join(available)}"
+            )
+        return [("CUDAExecutionProvider", {"device_id": self._cuda_index}), "CPUExecutionProvider"]
+
+    def load(self) -> None:
+        """Create the inference session; does nothing when it already exists.
+
+        Raises:
+            ModelError: The file is missing or not a valid ONNX model, or the requested
+                device's execution provider is not available.
+        """
+        if self._session is not None:
+            return
+        if not self._model_path.is_file():
+            raise ModelError(f"model file not found: {self._model_path}")
+        providers = self._providers()
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # ORT's own warnings go to stderr, bypassing logging; keep errors only.
+        options.log_severity_level = 3
+        if self._intra_op_num_threads is not None:
+            options.intra_op_num_threads = self._intra_op_num_threads
+        if self._inter_op_num_threads is not None:
+            options.inter_op_num_threads = self._inter_op_num_threads
+        try:
+            session = ort.InferenceSession(str(self._model_path), options, providers=providers)
+        except _ORT_ERRORS as error:
+            raise ModelError(
+                f"cannot load {self._model_path} as an ONNX model: {_one_line(error)}"
+            ) from error
+        if self._cuda_index is not None and "CUDAExecutionProvider" not in session.get_providers():
+            # ORT silently falls back to the CPU when the CUDA libraries fail to load.
+            raise ModelError(
+                f"ONNX Runtime could not start the CUDA execution provider for {self._model_path} "
+                f"(CUDA/cuDNN libraries missing?); session providers: {', '.join(session.get_providers())}"
+            )
+        self._inputs = [_spec(node) for node in session.get_inputs()]
+        self._outputs = [_spec(node) for node in session.get_outputs()]
+        self._output_names = [spec.name for spec in self._outputs]
+        self._metadata = dict(session.get_modelmeta().custom_metadata_map)
+        self._session = session
+        logger.info(
+            "loaded %s with ONNX Runtime %s on %s (%s)",
+            self._model_path.name,
+            ort.__version__,
+            self.device,
+            ", ".join(session.get_providers()),
+        )
+
+    def _loaded_session(self) -> ort.InferenceSession:
+        self.load()
+        session = self._session
+        if session is None:  # pragma: no cover - load() either sets it or raises
+            raise ModelError(f"{self._model_path} is not loaded")
+        return session
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """Run one inference.
+
+        Args:
+            inputs: Input name -> array, matching :attr:`inputs` in shape and dtype.
+
+        Returns:
+            Output name -> numpy array, in model order.
+
+        Raises:
+            ModelError: ONNX Runtime rejected the inputs or failed while running.
+        """
+        session = self._loaded_session()
+        feeds = {name: np.asarray(value) for name, value in inputs.items()}
+        try:
+            results = session.run(self._output_names, feeds)
+        except _ORT_ERRORS as error:
+            raise ModelError(f"{self._model_path.name}: inference failed: {_one_line(error)}") from error
+        return dict(zip(self._output_names, results, strict=True))
+
+    def close(self) -> None:
+        """Release the session; a later call to :meth:`load` or :meth:`run` reloads it."""
+        self._session = None

@@ -1,0 +1,315 @@
+"""The ``detect`` stage: Ultralytics YOLO detectors (YOLOv8 / YOLO11 exports).
+
+The model file picks the backend (``.onnx`` runs on ONNX Runtime; see
+:func:`engine.backends.load_backend`). Class names, input size and stride come from the
+metadata Ultralytics writes into its exports, so any detector exported with
+``yolo export format=onnx`` works without configuration.
+
+Defaults follow Ultralytics ``predict`` (``conf=0.25``, ``iou=0.7``, ``max_det=300``, one
+class per box, per-class NMS, letterbox padded with grey 114), so detections can be compared
+one to one with ``model.predict(...)`` on the same frames. Note that ``model.track(...)``
+lowers ``conf`` to 0.1 by default; set ``confidence: 0.1`` to compare with it.
+
+Output: ``frame.layers[layer]`` is a ``supervision.Detections`` with ``xyxy`` (float32
+pixels of the frame), ``confidence`` (float32), ``class_id`` (int64) and
+``data["class_name"]`` (numpy array of str), sorted by decreasing confidence.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import supervision as sv
+
+from engine.backends import load_backend
+from engine.backends.base import InferenceBackend
+from engine.errors import ConfigError, ModelError
+from engine.frame import OBJECTS_LAYER, Batch
+from engine.ops import letterbox_batch
+from engine.stage import BaseStage, Context
+from plugins.yolo_decode import decode_batch
+
+logger = logging.getLogger(__name__)
+
+_PAD_VALUE = 114  # Ultralytics' letterbox grey
+
+
+def _as_bgr_numpy(image: Any) -> np.ndarray:
+    if isinstance(image, np.ndarray):
+        return image
+    # A 3×H×W BGR torch tensor (GPU frames); the GPU letterbox comes with the torch ops.
+    return image.permute(1, 2, 0).contiguous().cpu().numpy()  # type: ignore[no-any-return]
+
+
+def _parse_names(raw: str) -> list[str]:
+    """Turn Ultralytics' ``names`` metadata (a Python dict or list literal) into a list."""
+    value = ast.literal_eval(raw)
+    if isinstance(value, Mapping):
+        keys = sorted(value)
+        if keys != list(range(len(keys))):
+            raise ValueError(f"class ids must be 0..{len(keys) - 1}, got {keys[:5]}...")
+        return [str(value[key]) for key in keys]
+    if isinstance(value, list | tuple):
+        return [str(name) for name in value]
+    raise ValueError(f"expected a dict or list literal, got {type(value).__name__}")
+
+
+def _parse_hw(raw: str) -> tuple[int, int]:
+    value = ast.literal_eval(raw)
+    if isinstance(value, int):
+        return value, value
+    height, width = (int(side) for side in value)
+    return height, width
+
+
+class YoloDetector(BaseStage):
+    """Detects objects with an Ultralytics YOLO detector and writes them into a layer.
+
+    Args:
+        model: Model file exported by Ultralytics (``.onnx``).
+        confidence: Keep boxes whose best class score is above this (0..1).
+        iou: Per-class NMS drops a box whose IoU with a better box is above this (0..1).
+        classes: Keep only these class names (as in the model's ``names``); None keeps all.
+        max_detections: At most this many detections per frame.
+        layer: Name of the detection layer to write.
+        agnostic_nms: Suppress overlapping boxes across classes too.
+        threads: CPU threads for inference (ONNX Runtime ``intra_op_num_threads``); None
+            lets the runtime choose.
+
+    Raises:
+        ConfigError: An argument is out of range or of the wrong type.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: Path,
+        confidence: float = 0.25,
+        iou: float = 0.7,
+        classes: list[str] | None = None,
+        max_detections: int = 300,
+        layer: str = OBJECTS_LAYER,
+        agnostic_nms: bool = False,
+        threads: int | None = None,
+    ) -> None:
+        for name, value in (("confidence", confidence), ("iou", iou)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{name} must be a number between 0 and 1, got {value!r}")
+        if isinstance(max_detections, bool) or not isinstance(max_detections, int) or max_detections < 1:
+            raise ConfigError(f"max_detections must be a positive integer, got {max_detections!r}")
+        if not isinstance(layer, str) or not layer:
+            raise ConfigError(f"layer must be a non-empty string, got {layer!r}")
+        if classes is not None and (
+            isinstance(classes, str)
+            or not isinstance(classes, Sequence)
+            or not classes
+            or not all(isinstance(name, str) and name for name in classes)
+        ):
+            raise ConfigError(f"classes must be a non-empty list of class names or null, got {classes!r}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ConfigError(f"threads must be a positive integer or null, got {threads!r}")
+        if not isinstance(agnostic_nms, bool):
+            raise ConfigError(f"agnostic_nms must be true or false, got {agnostic_nms!r}")
+        self.model = Path(model)
+        self.confidence = float(confidence)
+        self.iou = float(iou)
+        self.classes = list(classes) if classes is not None else None
+        self.max_detections = max_detections
+        self.layer = layer
+        self.agnostic_nms = agnostic_nms
+        self.threads = threads
+
+        self._backend: InferenceBackend | None = None
+        self._names: np.ndarray = np.empty(0, dtype=str)
+        self._allowed: np.ndarray | None = None
+        self._input_name = ""
+        self._output_name = ""
+        self._input_hw = (0, 0)
+        self._input_dtype = np.dtype(np.float32)
+        self._fixed_batch: int | None = None
+        self._buffer = np.empty((0, 3, 0, 0), np.float32)
+        self._output_checked = False
+
+    @property
+    def names(self) -> list[str]:
+        """Class names of the model, by class id (empty before ``open``)."""
+        return [str(name) for name in self._names]
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        """Model input size (height, width) (zeros before ``open``)."""
+        return self._input_hw
+
+    def _not_a_detector(self, reason: str) -> ModelError:
+        return ModelError(f"{self.model} is not an Ultralytics YOLO detector: {reason}")
+
+    def open(self, context: Context) -> None:
+        """Load the model on ``context.device``, check it is a YOLO detector, warm it up.
+
+        Raises:
+            ModelError: The model is missing, unreadable or not a YOLO detector.
+            ConfigError: A name in ``classes`` is not one of the model's classes.
+        """
+        backend = load_backend(self.model, device=context.device, intra_op_num_threads=self.threads)
+        try:
+            self._configure(backend)
+            self._warm_up(backend)
+        except BaseException:
+            backend.close()
+            raise
+        self._backend = backend
+        logger.info(
+            "detect: %s, input %dx%d, %d classes%s, %s batch, on %s",
+            self.model.name,
+            self._input_hw[1],
+            self._input_hw[0],
+            len(self._names),
+            f" (keeping {', '.join(self.classes)})" if self.classes else "",
+            "dynamic" if self._fixed_batch is None else f"fixed {self._fixed_batch}",
+            backend.device,
+        )
+
+    def _configure(self, backend: InferenceBackend) -> None:
+        metadata = backend.metadata
+        inputs, outputs = backend.inputs, backend.outputs
+        task = metadata.get("task")
+        if task is not None and task != "detect":
+            raise self._not_a_detector(f"its metadata says task {task!r}")
+        if metadata.get("end2end") == "True":
+            raise self._not_a_detector(
+                "end-to-end (NMS-free) exports are not supported; export with end2end=False"
+            )
+        if "names" not in metadata:
+            raise self._not_a_detector("its metadata has no 'names' (export it with Ultralytics)")
+        try:
+            names = _parse_names(metadata["names"])
+        except (ValueError, SyntaxError, TypeError) as error:
+            raise self._not_a_detector(f"cannot read its 'names' metadata: {error}") from error
+        if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].shape[1] not in (3, None):
+            shapes = ", ".join(f"{spec.name} {list(spec.shape)}" for spec in inputs)
+            raise self._not_a_detector(f"expected one image input [N, 3, H, W], got {shapes}")
+        if len(outputs) != 1 or len(outputs[0].shape) != 3:
+            shapes = ", ".join(f"{spec.name} {list(spec.shape)}" for spec in outputs)
+            raise self._not_a_detector(f"expected one output [N, 4 + classes, anchors], got {shapes}")
+        channels = outputs[0].shape[1]
+        if channels is not None and channels != 4 + len(names):
+            raise self._not_a_detector(
+                f"output {outputs[0].name} {list(outputs[0].shape)} has {channels} channels but "
+                f"4 + {len(names)} classes were expected from its names"
+            )
+        image_input = inputs[0]
+        if image_input.dtype not in ("float32", "float16"):
+            raise self._not_a_detector(
+                f"input {image_input.name} is {image_input.dtype}, expected float32/16"
+            )
+        height, width = image_input.shape[2], image_input.shape[3]
+        if height is None or width is None:
+            # A dynamic-size export: letterbox to the size it was exported for, which
+            # Ultralytics keeps a multiple of the model's largest stride.
+            try:
+                height, width = _parse_hw(metadata["imgsz"])
+                stride = int(metadata.get("stride", 32))
+            except (KeyError, ValueError, SyntaxError, TypeError) as error:
+                raise self._not_a_detector(
+                    f"its input size is dynamic and its 'imgsz'/'stride' metadata is missing or "
+                    f"unreadable ({error!r})"
+                ) from error
+            if height % stride or width % stride:
+                raise self._not_a_detector(
+                    f"its imgsz {height}x{width} is not a multiple of its stride {stride}"
+                )
+
+        allowed = None
+        if self.classes is not None:
+            unknown = [name for name in self.classes if name not in names]
+            if unknown:
+                raise ConfigError(
+                    f"classes {unknown} are not classes of {self.model.name}; valid: {', '.join(names)}"
+                )
+            allowed = np.isin(np.asarray(names), self.classes)
+
+        self._names = np.asarray(names, dtype=str)
+        self._allowed = allowed
+        self._input_name = image_input.name
+        self._output_name = outputs[0].name
+        self._input_hw = (int(height), int(width))
+        self._input_dtype = np.dtype(image_input.dtype)
+        self._fixed_batch = image_input.shape[0]
+        self._output_checked = channels is not None
+        self._buffer = np.empty((self._fixed_batch or 1, 3, *self._input_hw), np.float32)
+
+    def _warm_up(self, backend: InferenceBackend) -> None:
+        # The first run allocates and plans memory; pay it here, not on the first frame.
+        blob = np.full(self._buffer.shape, _PAD_VALUE / 255, self._input_dtype)
+        self._check_output(backend.run({self._input_name: blob})[self._output_name])
+
+    def _check_output(self, output: np.ndarray) -> None:
+        if self._output_checked:
+            return
+        if output.ndim != 3 or output.shape[1] != 4 + len(self._names):
+            raise self._not_a_detector(
+                f"output {self._output_name} has shape {list(output.shape)}, expected "
+                f"[N, {4 + len(self._names)}, anchors] for {len(self._names)} classes"
+            )
+        self._output_checked = True
+
+    def _infer(self, backend: InferenceBackend, blob: np.ndarray) -> np.ndarray:
+        if self._input_dtype != blob.dtype:
+            blob = blob.astype(self._input_dtype)
+        output = backend.run({self._input_name: blob})[self._output_name]
+        self._check_output(output)
+        return np.asarray(output)
+
+    def __call__(self, batch: Batch) -> Batch:
+        """Detect objects in every frame and write ``frame.layers[self.layer]``."""
+        frames = batch.frames
+        if not frames:
+            return batch
+        if self._backend is None:
+            raise ModelError(f"detect stage for {self.model} was called before open()")
+        backend = self._backend
+        count = len(frames)
+        chunk = self._fixed_batch or count
+        # A fixed-batch model always gets full chunks: round the buffer up, and let the
+        # unused slots of the last chunk hold stale pictures whose outputs are ignored.
+        rows = -(-count // chunk) * chunk
+        if self._buffer.shape[0] < rows:
+            self._buffer = np.empty((rows, 3, *self._input_hw), np.float32)
+        _, infos = letterbox_batch(
+            [_as_bgr_numpy(frame.image) for frame in frames],
+            self._input_hw,
+            pad_value=_PAD_VALUE,
+            out=self._buffer,
+        )
+        # Chunk outputs are decoded together without being concatenated (no copy).
+        outputs = [
+            self._infer(backend, self._buffer[start : start + chunk])[: count - start]
+            for start in range(0, count, chunk)
+        ]
+        decoded = decode_batch(
+            outputs,
+            confidence=self.confidence,
+            iou=self.iou,
+            max_detections=self.max_detections,
+            agnostic=self.agnostic_nms,
+            allowed_classes=self._allowed,
+        )
+        for frame, info, (xyxy, confidence, class_id) in zip(frames, infos, decoded, strict=True):
+            frame.layers[self.layer] = sv.Detections(
+                xyxy=info.boxes_to_source(xyxy),
+                confidence=confidence,
+                class_id=class_id,
+                data={"class_name": self._names[class_id]},
+            )
+        return batch
+
+    def close(self) -> None:
+        """Release the model."""
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
