@@ -3,7 +3,7 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 SHARED ?= ../shared
-EXTRAS ?= gst,dev
+EXTRAS ?= gst,dev,export,gpu,bench
 
 .PHONY: setup system-deps demo test bench lint clean
 
