@@ -21,10 +21,10 @@ HIGHWAY = REPO_ROOT / "calibrations" / "highway_overpass.yaml"
 @pytest.mark.parametrize(
     ("cells_x", "cells_y", "expected"),
     [
-        (None, None, (2, 20)),  # default: two cells across, 1.83 m
-        (1, None, (1, 10)),  # 3.66 m cells along 36.576 m: 10 of 3.6576 m
-        (None, 6, (1, 6)),  # 6.096 m cells: one across
-        (None, 30, (3, 30)),
+        (None, None, (2, 13)),  # default: two cells across (1.83 m), 24.19 m / 1.83 m -> 13 along
+        (1, None, (1, 7)),  # 3.66 m cells along 24.19 m: 7 of 3.456 m
+        (None, 6, (1, 6)),  # 4.03 m cells: one across
+        (None, 30, (5, 30)),  # 0.806 m cells: 3.66 / 0.806 = 4.5 -> 5 across
     ],
 )
 def test_spacing_follows_the_rectangle_proportions(
@@ -33,8 +33,8 @@ def test_spacing_follows_the_rectangle_proportions(
     calibration = Calibration.load(HIGHWAY)
     spacing = grid_spacing(calibration, cells_x, cells_y)
     assert (spacing.cells_x, spacing.cells_y) == expected
-    assert spacing.cell_x_m * spacing.cells_x == pytest.approx(3.66)
-    assert spacing.cell_y_m * spacing.cells_y == pytest.approx(36.576)
+    assert spacing.cell_x_m * spacing.cells_x == pytest.approx(calibration.width_m)
+    assert spacing.cell_y_m * spacing.cells_y == pytest.approx(calibration.length_m)
 
 
 def test_both_counts_or_bad_counts_are_refused() -> None:
@@ -54,8 +54,10 @@ def test_grid_lines_run_through_the_rectangle_edges() -> None:
     xs = np.unique(np.round(world[along, 0, 0], 3))
     ys = np.unique(np.round(world[~along, 0, 1], 3))
     assert {0.0, 3.66} <= set(xs.tolist())
-    assert {0.0, 12.192, 24.384, 36.576} <= set(ys.tolist())
-    assert np.allclose(np.diff(ys), 12.192, atol=1e-3)
+    cycle_m = calibration.length_m / 3  # the rectangle spans three dash cycles
+    # The grid carries on past the rectangle (up to the mask) with the same spacing.
+    assert np.allclose(ys[:4], np.arange(4) * cycle_m, atol=2e-3)
+    assert np.allclose(np.diff(ys), cycle_m, atol=2e-3)
 
 
 def test_drawing_stays_inside_the_mask(tmp_path: Path) -> None:
