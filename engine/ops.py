@@ -1,8 +1,8 @@
 """Batched preprocessing for detectors: letterbox, and uint8 BGR frames -> model input.
 
 This is the CPU path (numpy + OpenCV). The geometry lives in :func:`letterbox_params`,
-which knows nothing about pixels, so a GPU twin (torch/kornia, taking 3×H×W tensors) can
-sit beside these functions and return the same :class:`LetterboxInfo`.
+which knows nothing about pixels, so the GPU twin (:mod:`engine.ops_torch`, torch/kornia,
+taking 3×H×W tensors) returns the same :class:`LetterboxInfo`.
 
 Convention:
     - Images are H×W×3 ``uint8`` BGR numpy arrays (``Frame.image`` on the CPU).
@@ -27,7 +27,15 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-__all__ = ["LetterboxInfo", "letterbox", "letterbox_batch", "letterbox_params", "to_model_input"]
+__all__ = [
+    "LetterboxInfo",
+    "box_crop_matrices",
+    "crop_resize",
+    "letterbox",
+    "letterbox_batch",
+    "letterbox_params",
+    "to_model_input",
+]
 
 
 @dataclass(frozen=True)
@@ -329,3 +337,54 @@ def letterbox_batch(
             planes[:, top : top + resized_h, left + resized_w :] = pad_level
         infos.append(info)
     return out[:count], infos
+
+
+def box_crop_matrices(boxes_xyxy: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
+    """Frame→crop affine matrices that resize each box to ``size_wh`` (crop-and-resize).
+
+    Pixel centres sit on integer coordinates, and crop pixel ``j`` samples frame
+    ``x1 + (j + 0.5) * (x2 - x1) / width - 0.5``: the half-pixel convention of
+    ``cv2.resize``, so cropping a whole frame equals resizing it.
+
+    Args:
+        boxes_xyxy: (n, 4) boxes in frame pixels (edges, not centres: ``(0, 0, W, H)`` is
+            the whole frame).
+        size_wh: ``(width, height)`` of the crops.
+
+    Returns:
+        (n, 2, 3) float64 matrices (the convention of :mod:`engine.warp`).
+    """
+    boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
+    width, height = size_wh
+    # Degenerate boxes would divide by zero; a 1e-6 px floor keeps them finite.
+    scale_x = width / np.maximum(boxes[:, 2] - boxes[:, 0], 1e-6)
+    scale_y = height / np.maximum(boxes[:, 3] - boxes[:, 1], 1e-6)
+    matrices = np.zeros((len(boxes), 2, 3), np.float64)
+    matrices[:, 0, 0] = scale_x
+    matrices[:, 0, 2] = (0.5 - boxes[:, 0]) * scale_x - 0.5
+    matrices[:, 1, 1] = scale_y
+    matrices[:, 1, 2] = (0.5 - boxes[:, 1]) * scale_y - 0.5
+    return matrices
+
+
+def crop_resize(
+    images_bgr: Sequence[np.ndarray],
+    image_index: np.ndarray,
+    boxes_xyxy: np.ndarray,
+    size_wh: tuple[int, int],
+) -> np.ndarray:
+    """Cut many boxes out of many frames and resize each to one size (OpenCV, bilinear).
+
+    Args:
+        images_bgr: H×W×3 uint8 frames; sizes may differ.
+        image_index: (n,) int, which frame each box comes from.
+        boxes_xyxy: (n, 4) boxes in frame pixels.
+        size_wh: ``(width, height)`` of every crop.
+
+    Returns:
+        (n, height, width, 3) uint8 crops; pixels outside a frame repeat its edge.
+    """
+    from engine.warp import warp_crops_cv2
+
+    matrices = box_crop_matrices(boxes_xyxy, size_wh)
+    return warp_crops_cv2(images_bgr, np.asarray(image_index), matrices, size_wh, border="replicate")

@@ -1,9 +1,16 @@
 """The ``detect`` stage: Ultralytics YOLO detectors (YOLOv8 / YOLO11 exports).
 
-The model file picks the backend (``.onnx`` runs on ONNX Runtime; see
-:func:`engine.backends.load_backend`). Class names, input size and stride come from the
-metadata Ultralytics writes into its exports, so any detector exported with
-``yolo export format=onnx`` works without configuration.
+The model file picks the backend (``.onnx`` ONNX Runtime, ``.engine`` TensorRT, ``.pt``/
+``.torchscript`` PyTorch; see :func:`engine.backends.load_backend`). Class names, input size
+and stride come from the metadata Ultralytics writes into its exports (or its checkpoints),
+so any detector exported with ``yolo export format=onnx`` works without configuration.
+
+Two paths, one result: frames that are numpy arrays on a ``cpu`` run take the numpy/OpenCV
+path (:func:`engine.ops.letterbox_batch`, NMS with OpenCV); frames that are torch tensors,
+or any run on a ``cuda`` device, take the torch path — letterbox with kornia, inference and
+``torchvision`` NMS on the frames' device, only the kept boxes come back to the CPU. A
+model with a dynamic batch axis gets the whole batch (several sources included) in one
+call; a fixed-batch model is run chunk by chunk, transparently.
 
 Defaults follow Ultralytics ``predict`` (``conf=0.25``, ``iou=0.7``, ``max_det=300``, one
 class per box, per-class NMS, letterbox padded with grey 114), so detections can be compared
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import ast
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,18 +40,12 @@ from engine.errors import ConfigError, ModelError
 from engine.frame import OBJECTS_LAYER, Batch
 from engine.ops import letterbox_batch
 from engine.stage import BaseStage, Context
-from plugins.yolo_decode import decode_batch
+from plugins.yolo_decode import decode_batch, decode_batch_torch
 
 logger = logging.getLogger(__name__)
 
 _PAD_VALUE = 114  # Ultralytics' letterbox grey
-
-
-def _as_bgr_numpy(image: Any) -> np.ndarray:
-    if isinstance(image, np.ndarray):
-        return image
-    # A 3×H×W BGR torch tensor (GPU frames); the GPU letterbox comes with the torch ops.
-    return image.permute(1, 2, 0).contiguous().cpu().numpy()  # type: ignore[no-any-return]
+_CUDA = re.compile(r"^cuda(:\d+)?$")
 
 
 def _parse_names(raw: str) -> list[str]:
@@ -71,15 +73,23 @@ class YoloDetector(BaseStage):
     """Detects objects with an Ultralytics YOLO detector and writes them into a layer.
 
     Args:
-        model: Model file exported by Ultralytics (``.onnx``).
+        model: Model file exported by Ultralytics (``.onnx``, ``.engine``, ``.pt``,
+            ``.torchscript``).
         confidence: Keep boxes whose best class score is above this (0..1).
         iou: Per-class NMS drops a box whose IoU with a better box is above this (0..1).
         classes: Keep only these class names (as in the model's ``names``); None keeps all.
         max_detections: At most this many detections per frame.
         layer: Name of the detection layer to write.
         agnostic_nms: Suppress overlapping boxes across classes too.
-        threads: CPU threads for inference (ONNX Runtime ``intra_op_num_threads``); None
-            lets the runtime choose.
+        threads: CPU threads for inference (ONNX Runtime ``intra_op_num_threads``; for
+            PyTorch models ``torch.set_num_threads``, which is process-wide); None lets the
+            runtime choose.
+        imgsz: Letterbox size for models whose input size is dynamic (default: the size in
+            their metadata); must equal the input size of a fixed-size model.
+        half: Run a PyTorch model in float16 (CUDA only; ONNX/TensorRT models carry their
+            precision in the file).
+        backend_options: Extra keyword options for the backend, for example
+            ``{cuda_graph: true}`` or ``{compile: true}`` for PyTorch models.
 
     Raises:
         ConfigError: An argument is out of range or of the wrong type.
@@ -96,6 +106,9 @@ class YoloDetector(BaseStage):
         layer: str = OBJECTS_LAYER,
         agnostic_nms: bool = False,
         threads: int | None = None,
+        imgsz: int | None = None,
+        half: bool = False,
+        backend_options: dict[str, Any] | None = None,
     ) -> None:
         for name, value in (("confidence", confidence), ("iou", iou)):
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
@@ -115,6 +128,14 @@ class YoloDetector(BaseStage):
             raise ConfigError(f"threads must be a positive integer or null, got {threads!r}")
         if not isinstance(agnostic_nms, bool):
             raise ConfigError(f"agnostic_nms must be true or false, got {agnostic_nms!r}")
+        if imgsz is not None and (isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz < 32):
+            raise ConfigError(f"imgsz must be an integer >= 32 or null, got {imgsz!r}")
+        if not isinstance(half, bool):
+            raise ConfigError(f"half must be true or false, got {half!r}")
+        if backend_options is not None and (
+            not isinstance(backend_options, Mapping) or not all(isinstance(k, str) for k in backend_options)
+        ):
+            raise ConfigError(f"backend_options must be a mapping of option names, got {backend_options!r}")
         self.model = Path(model)
         self.confidence = float(confidence)
         self.iou = float(iou)
@@ -123,6 +144,9 @@ class YoloDetector(BaseStage):
         self.layer = layer
         self.agnostic_nms = agnostic_nms
         self.threads = threads
+        self.imgsz = imgsz
+        self.half = half
+        self.backend_options = dict(backend_options or {})
 
         self._backend: InferenceBackend | None = None
         self._names: np.ndarray = np.empty(0, dtype=str)
@@ -134,11 +158,24 @@ class YoloDetector(BaseStage):
         self._fixed_batch: int | None = None
         self._buffer = np.empty((0, 3, 0, 0), np.float32)
         self._output_checked = False
+        self._torch_device: str | None = None  # set on cuda runs: every batch takes the torch path
+        self._torch_buffer: Any = None
 
     @property
     def names(self) -> list[str]:
         """Class names of the model, by class id (empty before ``open``)."""
         return [str(name) for name in self._names]
+
+    @property
+    def backend(self) -> InferenceBackend:
+        """The loaded backend (for benchmarks and tools).
+
+        Raises:
+            ModelError: The stage is not open.
+        """
+        if self._backend is None:
+            raise ModelError(f"detect stage for {self.model} is not open")
+        return self._backend
 
     @property
     def input_hw(self) -> tuple[int, int]:
@@ -155,7 +192,12 @@ class YoloDetector(BaseStage):
             ModelError: The model is missing, unreadable or not a YOLO detector.
             ConfigError: A name in ``classes`` is not one of the model's classes.
         """
-        backend = load_backend(self.model, device=context.device, intra_op_num_threads=self.threads)
+        options: dict[str, Any] = {"intra_op_num_threads": self.threads}
+        if self.half:
+            options["half"] = True
+        options.update(self.backend_options)
+        backend = load_backend(self.model, device=context.device, **options)
+        self._torch_device = backend.device if _CUDA.match(backend.device) else None
         try:
             self._configure(backend)
             self._warm_up(backend)
@@ -219,10 +261,16 @@ class YoloDetector(BaseStage):
                     f"its input size is dynamic and its 'imgsz'/'stride' metadata is missing or "
                     f"unreadable ({error!r})"
                 ) from error
+            if self.imgsz is not None:
+                height = width = self.imgsz
             if height % stride or width % stride:
                 raise self._not_a_detector(
                     f"its imgsz {height}x{width} is not a multiple of its stride {stride}"
                 )
+        elif self.imgsz is not None and (height, width) != (self.imgsz, self.imgsz):
+            raise ConfigError(
+                f"imgsz {self.imgsz} does not match {self.model.name}'s fixed input size {width}x{height}"
+            )
 
         allowed = None
         if self.classes is not None:
@@ -245,7 +293,11 @@ class YoloDetector(BaseStage):
 
     def _warm_up(self, backend: InferenceBackend) -> None:
         # The first run allocates and plans memory; pay it here, not on the first frame.
-        blob = np.full(self._buffer.shape, _PAD_VALUE / 255, self._input_dtype)
+        blob: Any = np.full(self._buffer.shape, _PAD_VALUE / 255, self._input_dtype)
+        if self._torch_device is not None:
+            import torch
+
+            blob = torch.from_numpy(blob).to(self._torch_device)
         self._check_output(backend.run({self._input_name: blob})[self._output_name])
 
     def _check_output(self, output: np.ndarray) -> None:
@@ -258,12 +310,37 @@ class YoloDetector(BaseStage):
             )
         self._output_checked = True
 
-    def _infer(self, backend: InferenceBackend, blob: np.ndarray) -> np.ndarray:
-        if self._input_dtype != blob.dtype:
+    def _infer(self, backend: InferenceBackend, blob: Any) -> Any:
+        if isinstance(blob, np.ndarray) and self._input_dtype != blob.dtype:
             blob = blob.astype(self._input_dtype)
         output = backend.run({self._input_name: blob})[self._output_name]
         self._check_output(output)
-        return np.asarray(output)
+        return output
+
+    def _preprocess_numpy(self, images: list[Any], rows: int) -> tuple[np.ndarray, list[Any]]:
+        if self._buffer.shape[0] < rows:
+            self._buffer = np.empty((rows, 3, *self._input_hw), np.float32)
+        _, infos = letterbox_batch(images, self._input_hw, pad_value=_PAD_VALUE, out=self._buffer)
+        return self._buffer, infos
+
+    def _preprocess_torch(self, images: list[Any], rows: int) -> tuple[Any, list[Any]]:
+        import torch
+
+        from engine.ops_torch import letterbox_batch_torch
+
+        first = images[0]
+        device = torch.device(
+            self._torch_device or (first.device if isinstance(first, torch.Tensor) else "cpu")
+        )
+        dtype = torch.float16 if self._input_dtype == np.float16 else torch.float32
+        buffer = self._torch_buffer
+        if buffer is None or buffer.shape[0] < rows or buffer.device != device or buffer.dtype != dtype:
+            buffer = torch.empty((rows, 3, *self._input_hw), dtype=dtype, device=device)
+            self._torch_buffer = buffer
+        _, infos = letterbox_batch_torch(
+            images, self._input_hw, device=device, pad_value=_PAD_VALUE, dtype=dtype, out=buffer
+        )
+        return buffer, infos
 
     def __call__(self, batch: Batch) -> Batch:
         """Detect objects in every frame and write ``frame.layers[self.layer]``."""
@@ -278,20 +355,20 @@ class YoloDetector(BaseStage):
         # A fixed-batch model always gets full chunks: round the buffer up, and let the
         # unused slots of the last chunk hold stale pictures whose outputs are ignored.
         rows = -(-count // chunk) * chunk
-        if self._buffer.shape[0] < rows:
-            self._buffer = np.empty((rows, 3, *self._input_hw), np.float32)
-        _, infos = letterbox_batch(
-            [_as_bgr_numpy(frame.image) for frame in frames],
-            self._input_hw,
-            pad_value=_PAD_VALUE,
-            out=self._buffer,
+        images = [frame.image for frame in frames]
+        on_torch = self._torch_device is not None or not all(
+            isinstance(image, np.ndarray) for image in images
+        )
+        buffer, infos = (
+            self._preprocess_torch(images, rows) if on_torch else self._preprocess_numpy(images, rows)
         )
         # Chunk outputs are decoded together without being concatenated (no copy).
         outputs = [
-            self._infer(backend, self._buffer[start : start + chunk])[: count - start]
+            self._infer(backend, buffer[start : start + chunk])[: count - start]
             for start in range(0, count, chunk)
         ]
-        decoded = decode_batch(
+        decode = decode_batch if isinstance(outputs[0], np.ndarray) else decode_batch_torch
+        decoded = decode(
             outputs,
             confidence=self.confidence,
             iou=self.iou,

@@ -11,6 +11,9 @@ Convention:
 
 A whole batch is decoded with a fixed number of numpy calls (one NMS call for all frames,
 keyed by frame and class), so the cost per frame shrinks as batches grow.
+:func:`decode_batch_torch` is the same on a torch device: threshold, class pick and
+``torchvision.ops.batched_nms`` stay on the GPU, and only the kept boxes (a few hundred
+numbers) come back to the CPU, in one transfer.
 
 The semantics follow Ultralytics' ``non_max_suppression`` (``ultralytics/utils/nms.py``)
 for ``predict``: one label per box (its best class), ``score > confidence``, a class
@@ -21,14 +24,27 @@ per-class NMS that suppresses ``IoU > iou``, then the first ``max_detections``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
+if TYPE_CHECKING:
+    import torch
+
 #: ``(xyxy (k, 4) float32, confidence (k,) float32, class_id (k,) int64)`` for one image.
 Decoded = tuple[np.ndarray, np.ndarray, np.ndarray]
 
-__all__ = ["Decoded", "decode_batch", "decode_predictions", "nms", "nms_numpy"]
+__all__ = [
+    "Decoded",
+    "box_iou",
+    "decode_batch",
+    "decode_batch_torch",
+    "decode_predictions",
+    "match_detections",
+    "nms",
+    "nms_numpy",
+]
 
 #: Boxes fed to NMS at most, highest scores first (Ultralytics' ``max_nms``).
 MAX_CANDIDATES = 30000
@@ -245,3 +261,124 @@ def decode_predictions(
         allowed_classes=allowed_classes,
         max_candidates=max_candidates,
     )[0]
+
+
+def decode_batch_torch(
+    predictions: torch.Tensor | Sequence[torch.Tensor],
+    *,
+    confidence: float,
+    iou: float,
+    max_detections: int,
+    agnostic: bool = False,
+    allowed_classes: np.ndarray | None = None,
+    max_candidates: int = MAX_CANDIDATES,
+) -> list[Decoded]:
+    """:func:`decode_batch` on the predictions' torch device, with ``batched_nms``.
+
+    Same arguments and results as :func:`decode_batch` (numpy arrays on the CPU); the
+    predictions are (N, 4 + nc, anchors) tensors (float16 outputs are decoded in float32).
+    """
+    import torch
+    from torchvision.ops import batched_nms
+
+    chunks = [predictions] if isinstance(predictions, torch.Tensor) else list(predictions)
+    raw = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+    raw = raw.float()
+    count, class_count = raw.shape[0], raw.shape[1] - 4
+    scores, class_id = raw[:, 4:].max(dim=1)  # (N, anchors)
+    keep_mask = scores > confidence
+    if allowed_classes is not None:
+        allowed = torch.as_tensor(np.asarray(allowed_classes, dtype=bool), device=raw.device)
+        keep_mask &= allowed[class_id]
+    image_of, anchor = keep_mask.nonzero(as_tuple=True)
+    conf = scores[image_of, anchor]
+    class_id = class_id[image_of, anchor]
+    if raw.shape[2] > max_candidates:
+        top = _top_per_image_torch(image_of, conf, max_candidates)
+        image_of, anchor, conf, class_id = image_of[top], anchor[top], conf[top], class_id[top]
+    cxcywh = raw[image_of, :4, anchor]  # (k, 4)
+    half_wh = cxcywh[:, 2:] / 2
+    boxes = torch.cat((cxcywh[:, :2] - half_wh, cxcywh[:, :2] + half_wh), dim=1)
+    groups = image_of if agnostic else image_of * class_count + class_id
+    kept = batched_nms(boxes, conf, groups, iou)  # by decreasing score
+    # A stable sort by image keeps each image's boxes by decreasing score.
+    kept = kept[torch.sort(image_of[kept], stable=True).indices]
+    kept_images = image_of[kept]
+    rank = torch.arange(kept.numel(), device=raw.device) - torch.searchsorted(kept_images, kept_images)
+    kept = kept[rank < max_detections]
+    # One device->host transfer for everything that is kept.
+    packed = torch.cat(
+        (boxes[kept], conf[kept, None], class_id[kept, None].float(), image_of[kept, None].float()), 1
+    )
+    host = packed.cpu().numpy()
+    ends = np.searchsorted(host[:, 6], np.arange(count), side="right")
+    results: list[Decoded] = []
+    start = 0
+    for end in ends.tolist():
+        rows = host[start:end]
+        results.append(
+            (
+                np.ascontiguousarray(rows[:, :4], dtype=np.float32),
+                np.ascontiguousarray(rows[:, 4], dtype=np.float32),
+                rows[:, 5].astype(np.int64),
+            )
+        )
+        start = end
+    return results
+
+
+def _top_per_image_torch(image_of: Any, conf: Any, limit: int) -> Any:
+    """Indices of at most ``limit`` highest-confidence candidates of each image (torch)."""
+    import torch
+
+    order = torch.sort(conf, descending=True, stable=True).indices
+    order = order[torch.sort(image_of[order], stable=True).indices]  # by image, then by score
+    sorted_images = image_of[order]
+    rank = torch.arange(order.numel(), device=conf.device) - torch.searchsorted(sorted_images, sorted_images)
+    return torch.sort(order[rank < limit]).values
+
+
+def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
+    """(k, m) IoU matrix of two sets of xyxy boxes (float64; 0 where a union is empty)."""
+    a = np.asarray(boxes_a, dtype=np.float64).reshape(-1, 4)[:, None, :]
+    b = np.asarray(boxes_b, dtype=np.float64).reshape(-1, 4)[None, :, :]
+    width = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    height = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = width * height
+    union = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1]) + (b[..., 2] - b[..., 0]) * (
+        b[..., 3] - b[..., 1]
+    )
+    union = union - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def match_detections(
+    reference: Decoded, candidate: Decoded, *, iou_threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Greedy one-to-one matching of same-class detections, best reference boxes first.
+
+    Each reference detection (by decreasing confidence) takes the unmatched candidate of
+    its class with the highest IoU, when that IoU is at least ``iou_threshold``.
+
+    Returns:
+        ``(reference indices, candidate indices, IoUs)`` of the matched pairs.
+    """
+    ref_boxes, ref_conf, ref_class = reference
+    cand_boxes, _, cand_class = candidate
+    iou = box_iou(ref_boxes, cand_boxes)
+    iou[np.asarray(ref_class)[:, None] != np.asarray(cand_class)[None, :]] = -1.0
+    taken = np.zeros(len(cand_boxes), dtype=bool)
+    pairs: list[tuple[int, int, float]] = []
+    # A comparison tool, not a hot path: k <= max_detections rows.
+    for row in np.argsort(-np.asarray(ref_conf), kind="stable"):
+        if not len(cand_boxes):
+            break
+        scores = np.where(taken, -1.0, iou[row])
+        best = int(scores.argmax())
+        if scores[best] >= iou_threshold:
+            taken[best] = True
+            pairs.append((int(row), best, float(scores[best])))
+    if not pairs:
+        return np.empty(0, np.intp), np.empty(0, np.intp), np.empty(0, np.float64)
+    rows, cols, ious = zip(*pairs, strict=True)
+    return np.asarray(rows, np.intp), np.asarray(cols, np.intp), np.asarray(ious, np.float64)

@@ -231,3 +231,149 @@ def test_letterbox_batch_equals_letterbox_then_to_model_input(options: dict[str,
     assert blob.shape == (4, 3, 320, 320) and np.shares_memory(blob, out)
     assert np.array_equal(blob, to_model_input([padded for padded, _ in expected]))
     assert infos == [info for _, info in expected]
+
+
+# --------------------------------------------------------------------------- torch / kornia twin
+
+VIDEOS = {
+    "320x240": "media/traffic/highway_overpass_320x240_60fps.avi",
+    "768x576": "media/people/pedestrians_768x576_10fps.avi",
+    "176x144": "media/faces/carphone_176x144.mp4",
+}
+
+
+@pytest.fixture(scope="module")
+def video_frames() -> dict[str, list[np.ndarray]]:
+    """Three frames (first, 40th, 80th) of each shared video."""
+    from tests.conftest import shared_path
+
+    frames: dict[str, list[np.ndarray]] = {}
+    for size, relative in VIDEOS.items():
+        capture = cv2.VideoCapture(str(shared_path(relative)))
+        picked = []
+        for index in range(81):
+            ok, image = capture.read()
+            assert ok, f"{relative} ended at frame {index}"
+            if index in (0, 40, 80):
+                picked.append(image)
+        capture.release()
+        assert picked[0].shape[:2][::-1] == tuple(int(side) for side in size.split("x"))
+        frames[size] = picked
+    return frames
+
+
+def _ultralytics_blob(images: list[np.ndarray], new_shape_hw: tuple[int, int]) -> np.ndarray:
+    """Ultralytics' own LetterBox, then its predictor's BGR->RGB, HWC->CHW, /255."""
+    import os
+    import tempfile
+
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_AUTOINSTALL", "0")
+    os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="vistream-test-yolo-"))
+    augment = pytest.importorskip("ultralytics.data.augment")
+    letterbox_op = augment.LetterBox(new_shape=new_shape_hw, auto=False, scaleup=True, center=True, stride=32)
+    planes = [letterbox_op(image=image)[..., ::-1].transpose(2, 0, 1) for image in images]
+    return np.stack(planes).astype(np.float32) / np.float32(255)
+
+
+@pytest.mark.parametrize("new_shape_hw", [(320, 320), (640, 640), (384, 640), (160, 160)])
+@pytest.mark.parametrize("size", sorted(VIDEOS))
+def test_cpu_torch_and_ultralytics_preprocessing_agree(
+    video_frames: dict[str, list[np.ndarray]], size: str, new_shape_hw: tuple[int, int]
+) -> None:
+    """Upscaling (176x144 -> 640), downscaling (768x576 -> 160) and no resize (320x240 -> 320)."""
+    torch = pytest.importorskip("torch")
+    from engine.ops_torch import letterbox_batch_torch
+
+    images = video_frames[size]
+    reference = _ultralytics_blob(images, new_shape_hw)
+    cpu, cpu_infos = letterbox_batch(images, new_shape_hw)
+    tensors = [torch.from_numpy(image).permute(2, 0, 1) for image in images]  # 3×H×W, as GPU frames
+    on_torch, torch_infos = letterbox_batch_torch(tensors, new_shape_hw)
+    assert np.array_equal(cpu, reference)  # the CPU path is bit-exact
+    assert torch_infos == cpu_infos
+    difference = np.abs(on_torch.numpy() - reference)
+    # kornia's bilinear vs OpenCV's 11-bit fixed point: at most one grey level, on a few pixels.
+    assert difference.max() <= 1 / 255 + 1e-6
+    assert (difference > 1e-6).mean() < 0.15
+
+
+def test_torch_letterbox_mixed_sizes_in_one_call(video_frames: dict[str, list[np.ndarray]]) -> None:
+    torch = pytest.importorskip("torch")
+    from engine.ops_torch import letterbox_batch_torch
+
+    images = [
+        video_frames["320x240"][0],
+        video_frames["176x144"][0],
+        video_frames["768x576"][0],
+        video_frames["320x240"][1],
+    ]
+    mixed = [
+        torch.from_numpy(images[0]).permute(2, 0, 1),
+        images[1],
+        images[2],
+        images[3],
+    ]  # tensors and arrays
+    batch, infos = letterbox_batch_torch(mixed, 320)
+    assert batch.shape == (4, 3, 320, 320) and batch.dtype == torch.float32
+    assert infos == [letterbox_params(image.shape[:2], 320) for image in images]
+    for position, image in enumerate(images):
+        alone, _ = letterbox_batch_torch([image], 320)
+        assert torch.equal(batch[position], alone[0])
+
+
+def test_torch_letterbox_normalisation_dtype_and_out() -> None:
+    torch = pytest.importorskip("torch")
+    from engine.ops_torch import letterbox_batch_torch
+
+    images = [_image(101, 177), _image(240, 320, 1)]
+    plain, _ = letterbox_batch_torch(images, 128)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    normalised, _ = letterbox_batch_torch(images, 128, mean=mean, std=std)
+    expected = (plain - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    torch.testing.assert_close(normalised, expected)
+    half, _ = letterbox_batch_torch(images, 128, dtype=torch.float16)
+    assert half.dtype == torch.float16
+    torch.testing.assert_close(half.float(), plain, atol=1e-3, rtol=0)
+    out = torch.full((3, 3, 128, 128), -1.0)
+    view, _ = letterbox_batch_torch(images, 128, out=out)
+    assert view.data_ptr() == out.data_ptr() and torch.equal(view, plain) and (out[2] == -1).all()
+    with pytest.raises(ValueError, match="out must have shape"):
+        letterbox_batch_torch(images, 128, out=torch.empty(1, 3, 128, 128))
+    with pytest.raises(ValueError, match="at least one image"):
+        letterbox_batch_torch([], 128)
+    with pytest.raises(ValueError, match="3×H×W uint8 BGR tensor"):
+        letterbox_batch_torch([torch.zeros(4, 4, 3, dtype=torch.uint8)], 128)
+
+
+def test_box_crop_matrices_follow_the_resize_convention() -> None:
+    from engine.ops import box_crop_matrices, crop_resize
+
+    image = _image(60, 80)
+    # The whole frame as a box is a plain resize.
+    crop = crop_resize([image], np.array([0]), np.array([[0, 0, 80, 60]]), (40, 30))
+    resized = cv2.resize(image, (40, 30), interpolation=cv2.INTER_LINEAR)
+    assert np.abs(crop[0].astype(int) - resized.astype(int)).max() <= 1
+    # Crop pixel j samples x1 + (j + 0.5) * w / width - 0.5.
+    matrix = box_crop_matrices(np.array([[10, 20, 30, 60]]), (10, 20))[0]
+    np.testing.assert_allclose(matrix @ [10 + 0.5 * 2 - 0.5, 20 + 0.5 * 2 - 0.5, 1], [0, 0], atol=1e-9)
+    np.testing.assert_allclose(matrix @ [10 + 9.5 * 2 - 0.5, 20 + 19.5 * 2 - 0.5, 1], [9, 19], atol=1e-9)
+
+
+def test_crop_resize_cpu_and_torch_agree(video_frames: dict[str, list[np.ndarray]]) -> None:
+    torch = pytest.importorskip("torch")
+    from engine.ops import crop_resize
+    from engine.ops_torch import crop_resize_torch
+
+    frames = [video_frames["768x576"][0], video_frames["320x240"][0]]
+    boxes = np.array(
+        [[100.5, 50.2, 300.7, 400.1], [0, 0, 768, 576], [10, 20, 60, 80], [200.2, 100.9, 260.3, 130.4]]
+    )
+    index = np.array([0, 0, 1, 1])
+    cpu = crop_resize(frames, index, boxes, (64, 48))
+    tensors = [torch.from_numpy(frame).permute(2, 0, 1) for frame in frames]
+    on_torch = crop_resize_torch(tensors, index, boxes, (64, 48))
+    assert cpu.shape == (4, 48, 64, 3) and on_torch.shape == (4, 3, 48, 64) and on_torch.dtype == torch.uint8
+    difference = np.abs(on_torch.permute(0, 2, 3, 1).numpy().astype(int) - cpu.astype(int))
+    # OpenCV warps with 1/32-pixel fixed-point coordinates: a grey level or two.
+    assert difference.max() <= 3 and difference.mean() < 0.5

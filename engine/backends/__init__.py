@@ -22,10 +22,10 @@ __all__ = ["BACKENDS", "InferenceBackend", "TensorSpec", "load_backend"]
 #: backend is not written yet).
 BACKENDS: dict[str, tuple[str, str | None]] = {
     ".onnx": ("ONNX Runtime", "engine.backends.onnxruntime:OnnxRuntimeBackend"),
-    ".engine": ("TensorRT", None),
-    ".plan": ("TensorRT", None),
-    ".pt": ("PyTorch", None),
-    ".torchscript": ("PyTorch", None),
+    ".engine": ("TensorRT", "engine.backends.tensorrt:TensorRTBackend"),
+    ".plan": ("TensorRT", "engine.backends.tensorrt:TensorRTBackend"),
+    ".pt": ("PyTorch", "engine.backends.torch:TorchBackend"),
+    ".torchscript": ("PyTorch", "engine.backends.torch:TorchBackend"),
 }
 
 
@@ -33,11 +33,12 @@ def load_backend(model_path: Path, *, device: str = "cpu", **options: Any) -> In
     """Build the backend for a model file from its suffix and load the model.
 
     Args:
-        model_path: The model file (``.onnx``; ``.engine``/``.plan`` and ``.pt``/
-            ``.torchscript`` are recognised but their backends are not available yet).
+        model_path: The model file: ``.onnx`` (ONNX Runtime), ``.engine``/``.plan``
+            (TensorRT, CUDA only), ``.pt``/``.torchscript`` (PyTorch).
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         **options: Backend-specific keyword options, for example ``intra_op_num_threads``
-            for ONNX Runtime. Options set to None are left at the backend's default.
+            for ONNX Runtime or ``half``/``cuda_graph``/``compile`` for PyTorch. Options set
+            to None are left at the backend's default.
 
     Returns:
         A backend whose model is loaded and ready to ``run``.

@@ -139,13 +139,22 @@ def test_unknown_suffix_lists_supported(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("suffix", "name"), [(".engine", "TensorRT"), (".plan", "TensorRT"), (".pt", "PyTorch")]
+    ("suffix", "device", "error", "match"),
+    [
+        (".engine", "cpu", ConfigError, "the TensorRT backend needs a CUDA device"),
+        (".plan", "cpu", ConfigError, "the TensorRT backend needs a CUDA device"),
+        (".pt", "cpu", ModelError, "cannot load .*model.pt with PyTorch"),
+        (".torchscript", "cpu", ModelError, "cannot load .*model.torchscript with PyTorch"),
+    ],
 )
-def test_later_backends_are_not_available_yet(tmp_path: Path, suffix: str, name: str) -> None:
+def test_other_suffixes_pick_their_backends(
+    tmp_path: Path, suffix: str, device: str, error: type[Exception], match: str
+) -> None:
+    pytest.importorskip("torch")
     path = tmp_path / f"model{suffix}"
     path.write_bytes(b"x")
-    with pytest.raises(ModelError, match=f"the {name} backend for \\{suffix} is not available yet"):
-        load_backend(path)
+    with pytest.raises(error, match=match):
+        load_backend(path, device=device)
 
 
 def test_cuda_without_the_cuda_provider(tmp_path: Path) -> None:

@@ -563,3 +563,235 @@ def test_dynamic_batch_model_runs_one_inference_per_batch(
     yolo_fp32(Batch.of(reference))  # the original fixed-batch model, frame by frame
     for frame, expected in zip(batched, reference, strict=True):
         _same_detections(frame.layers["objects"], expected.layers["objects"], atol=1e-2)
+
+
+# --------------------------------------------------------------------------- torch decode
+
+
+def _random_raw(images: int, anchors: int, nc: int, seed: int) -> np.ndarray:
+    """Raw outputs with overlapping boxes, many classes and distinct scores."""
+    rng = np.random.default_rng(seed)
+    raw = np.zeros((images, 4 + nc, anchors), np.float32)
+    raw[:, 0:2] = rng.uniform(0, 320, (images, 2, anchors))
+    raw[:, 2:4] = rng.uniform(8, 90, (images, 2, anchors))
+    raw[:, 4:] = rng.uniform(0, 1, (images, nc, anchors)) ** 3
+    return raw
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"agnostic": True},
+        {"iou": 0.45},
+        {"max_detections": 5},
+        {"max_candidates": 40},
+        {"allowed_classes": np.array([True, False, True, False, True])},
+        {"confidence": 0.99},
+    ],
+)
+def test_torch_decode_equals_numpy_decode(options: dict[str, object]) -> None:
+    torch = pytest.importorskip("torch")
+    from plugins.yolo_decode import decode_batch_torch
+
+    raw = _random_raw(3, 600, 5, seed=5)
+    kwargs = {"confidence": 0.25, "iou": 0.7, "max_detections": 300, **options}
+    expected = decode_batch(raw, **kwargs)  # type: ignore[arg-type]
+    chunks = [torch.from_numpy(raw[:2]), torch.from_numpy(raw[2:])]  # a fixed-batch model's chunks
+    for ours in (decode_batch_torch(torch.from_numpy(raw), **kwargs), decode_batch_torch(chunks, **kwargs)):  # type: ignore[arg-type]
+        assert len(ours) == 3
+        for (xyxy, conf, cls), (exp_xyxy, exp_conf, exp_cls) in zip(ours, expected, strict=True):
+            assert xyxy.dtype == np.float32 and conf.dtype == np.float32 and cls.dtype == np.int64
+            np.testing.assert_allclose(xyxy, exp_xyxy, rtol=1e-6)
+            np.testing.assert_array_equal(conf, exp_conf)
+            np.testing.assert_array_equal(cls, exp_cls)
+
+
+def test_torch_decode_of_the_synthetic_scene() -> None:
+    torch = pytest.importorskip("torch")
+    from plugins.yolo_decode import decode_batch_torch
+
+    ((xyxy, conf, class_id),) = decode_batch_torch(
+        torch.from_numpy(_raw(SCENE_BOXES, SCENE_SCORES)[None]), confidence=0.25, iou=0.7, max_detections=300
+    )
+    np.testing.assert_allclose(xyxy, [_xyxy(SCENE_BOXES[i]) for i in (0, 2, 3, 5)])
+    np.testing.assert_allclose(conf, [0.9, 0.7, 0.6, 0.5])
+    np.testing.assert_array_equal(class_id, [0, 1, 2, 0])
+
+
+def test_match_detections() -> None:
+    from plugins.yolo_decode import match_detections
+
+    reference = (
+        np.array([[0, 0, 10, 10], [20, 20, 40, 40], [50, 50, 60, 60]], np.float32),
+        np.array([0.9, 0.8, 0.7], np.float32),
+        np.array([0, 1, 2]),
+    )
+    candidate = (
+        np.array([[21, 20, 41, 40], [0, 0, 10, 10.2], [50, 50, 60, 60]], np.float32),
+        np.array([0.81, 0.9, 0.7], np.float32),
+        np.array([1, 0, 3]),  # the third box changed class: no match
+    )
+    rows, cols, ious = match_detections(reference, candidate, iou_threshold=0.9)
+    np.testing.assert_array_equal(rows, [0, 1])
+    np.testing.assert_array_equal(cols, [1, 0])
+    np.testing.assert_allclose(ious, [100 / 102, 380 / 420])
+    empty = (np.empty((0, 4), np.float32), np.empty(0, np.float32), np.empty(0, np.int64))
+    assert all(len(part) == 0 for part in match_detections(reference, empty, iou_threshold=0.5))
+
+
+# --------------------------------------------------------------------------- other backends
+
+
+@pytest.fixture(scope="module")
+def yolo_export(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    from tests.backends.helpers_yolo import exported_yolo
+
+    return exported_yolo(tmp_path_factory)
+
+
+def _detections_close(
+    a: sv.Detections, b: sv.Detections, *, iou: float = 0.95, conf: float = 0.01, threshold: float = 0.25
+) -> None:
+    """Matched one to one (same class, IoU, confidence), except boxes near the threshold."""
+    from plugins.yolo_decode import match_detections
+
+    ref = (a.xyxy, a.confidence, a.class_id)
+    cand = (b.xyxy, b.confidence, b.class_id)
+    rows, cols, _ = match_detections(ref, cand, iou_threshold=iou)
+    assert np.abs(a.confidence[rows] - b.confidence[cols]).max(initial=0) <= conf
+    unmatched_a = np.setdiff1d(np.arange(len(a)), rows)
+    unmatched_b = np.setdiff1d(np.arange(len(b)), cols)
+    assert (a.confidence[unmatched_a] < threshold + conf).all(), a[unmatched_a]
+    assert (b.confidence[unmatched_b] < threshold + conf).all(), b[unmatched_b]
+
+
+def _run(detector: YoloDetector, images: list[np.ndarray]) -> list[Frame]:
+    frames = [_frame(image, index) for index, image in enumerate(images)]
+    detector(Batch.of(frames))
+    return frames
+
+
+def test_fixed_dynamic_onnx_and_pytorch_agree_in_detect(yolo_export) -> None:  # noqa: ANN001
+    """The same exported model as dynamic-batch ONNX (one call), fixed-batch ONNX (frame by
+    frame) and the PyTorch checkpoint: the same detections on 8 highway frames."""
+    results = {}
+    calls = {}
+    for name, path in (
+        ("dynamic", yolo_export.onnx_dynamic),
+        ("fixed", yolo_export.onnx_fixed),
+        ("pt", yolo_export.pt),
+    ):
+        detector = _opened(path, imgsz=320)
+        backend = detector.backend
+        calls[name] = []
+        original_run = backend.run
+        backend.run = lambda inputs, o=original_run, c=calls[name]: (
+            c.append(len(inputs["images"])) or o(inputs)
+        )  # type: ignore[method-assign]
+        results[name] = _run(detector, yolo_export.frames)
+        detector.close()
+    assert calls == {"dynamic": [8], "fixed": [1] * 8, "pt": [8]}
+    counts = [len(frame.layers["objects"]) for frame in results["dynamic"]]
+    assert min(counts) >= 1 and sum(counts) >= 20, counts
+    for name in ("fixed", "pt"):
+        for ours, reference in zip(results[name], results["dynamic"], strict=True):
+            _detections_close(ours.layers["objects"], reference.layers["objects"])
+
+
+def test_torch_frames_take_the_torch_path(yolo_export) -> None:  # noqa: ANN001
+    """3×H×W uint8 tensors (GPU frames, here on the CPU): kornia letterbox, tensors through
+    the backend, torchvision NMS. 320x240 frames into 320x320 need no resize, so both paths
+    see bit-identical inputs and must give identical detections."""
+    torch = pytest.importorskip("torch")
+    for path in (yolo_export.onnx_dynamic, yolo_export.pt):
+        detector = _opened(path, imgsz=320)
+        seen: list[type] = []
+        original_run = detector.backend.run
+
+        def spy(inputs, original_run=original_run, seen=seen):  # noqa: ANN001, ANN202
+            seen.append(type(inputs["images"]))
+            return original_run(inputs)
+
+        detector.backend.run = spy  # type: ignore[method-assign]
+        numpy_frames = _run(detector, yolo_export.frames)
+        tensor_frames = _run(
+            detector, [torch.from_numpy(image).permute(2, 0, 1) for image in yolo_export.frames]
+        )
+        detector.close()
+        assert seen == [np.ndarray, torch.Tensor]
+        for ours, reference in zip(tensor_frames, numpy_frames, strict=True):
+            _same_detections(ours.layers["objects"], reference.layers["objects"])
+            assert isinstance(ours.layers["objects"].xyxy, np.ndarray)
+            assert (
+                ours.layers["objects"].data["class_name"].tolist()
+                == reference.layers["objects"].data["class_name"].tolist()
+            )
+
+
+@pytest.mark.parametrize(
+    "video", ["media/people/pedestrians_768x576_10fps.avi", "media/faces/carphone_176x144.mp4"]
+)
+def test_torch_path_with_resizing_on_a_trained_model(video: str) -> None:
+    """Downscaled (768x576) and upscaled (176x144) frames: kornia and OpenCV resize differ by
+    at most one grey level; the trained YOLO11n's detections do not move."""
+    torch = pytest.importorskip("torch")
+    capture = cv2.VideoCapture(str(shared_path(video)))
+    images = [capture.read()[1] for _ in range(40)][::10]
+    capture.release()
+    detector = _opened(shared_path("models/yolo11n_fp32_320.onnx"), confidence=0.2)
+    numpy_frames = _run(detector, images)
+    tensor_frames = _run(detector, [torch.from_numpy(image).permute(2, 0, 1) for image in images])
+    detector.close()
+    assert sum(len(frame.layers["objects"]) for frame in numpy_frames) >= 4
+    for ours, reference in zip(tensor_frames, numpy_frames, strict=True):
+        _detections_close(
+            ours.layers["objects"], reference.layers["objects"], iou=0.95, conf=0.02, threshold=0.2
+        )
+
+
+def test_imgsz_and_backend_options(yolo_export, tmp_path: Path) -> None:  # noqa: ANN001
+    detector = _opened(yolo_export.pt, imgsz=256)
+    assert detector.input_hw == (256, 256)
+    frames = _run(detector, yolo_export.frames[:2])
+    assert all(isinstance(frame.layers["objects"], sv.Detections) for frame in frames)
+    with pytest.raises(
+        ConfigError, match="imgsz 256 does not match yolo11n_fixed.onnx's fixed input size 320x320"
+    ):
+        _opened(yolo_export.onnx_fixed, imgsz=256)
+    with pytest.raises(ConfigError, match="half and cuda_graph need a CUDA device"):
+        _opened(yolo_export.pt, half=True)
+    with pytest.raises(ConfigError, match="does not accept option"):
+        _opened(yolo_export.onnx_fixed, backend_options={"cuda_graph": True})
+    for kwargs, match in (
+        ({"imgsz": 16}, "imgsz must be"),
+        ({"half": "no"}, "half must be"),
+        ({"backend_options": ["x"]}, "backend_options must be"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            YoloDetector(model=Path("m.pt"), **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("half", [False, True])
+def test_cuda_run_keeps_everything_on_the_gpu(yolo_export, half: bool) -> None:  # noqa: ANN001
+    torch = pytest.importorskip("torch")
+    detector = YoloDetector(model=yolo_export.pt, half=half)
+    detector.open(Context(device="cuda"))
+    seen = []
+    original_run = detector.backend.run
+    detector.backend.run = lambda inputs, o=original_run: (
+        seen.append(inputs["images"].device.type) or o(inputs)
+    )  # type: ignore[method-assign]
+    gpu_frames = _run(
+        detector, [torch.from_numpy(image).permute(2, 0, 1).cuda() for image in yolo_export.frames]
+    )
+    cpu_frames = _run(detector, yolo_export.frames)  # numpy frames are uploaded, then the same path
+    assert seen == ["cuda", "cuda"]
+    reference = _opened(yolo_export.pt)
+    expected = _run(reference, yolo_export.frames)
+    for ours, theirs, cpu in zip(gpu_frames, expected, cpu_frames, strict=True):
+        _detections_close(
+            ours.layers["objects"], theirs.layers["objects"], iou=0.9, conf=0.03 if half else 0.02
+        )
+        _detections_close(cpu.layers["objects"], ours.layers["objects"])

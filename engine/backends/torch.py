@@ -1,0 +1,328 @@
+"""PyTorch backend: Ultralytics ``.pt`` checkpoints and TorchScript files, CPU or CUDA.
+
+Convention:
+    - ``run`` takes numpy arrays or torch tensors; numpy in gives numpy out (the CPU
+      pipeline), a tensor in gives tensors out on the backend's device (the GPU pipeline:
+      preprocessed frames never leave the device).
+    - The model has one image input ``images`` [N, 3, H, W] (N, H, W dynamic) and one output
+      ``output0`` [N, 4 + nc, anchors], as Ultralytics' ONNX exports name them, and reports
+      the same metadata keys (``names``, ``imgsz``, ``stride``, ``task``) so the ``detect``
+      stage treats every backend alike.
+    - ``half`` runs the model in float16 (CUDA only); inputs are cast to the model's dtype.
+
+Options: ``cuda_graph`` replays one captured CUDA graph per input shape (saves the kernel
+launch cost at small batches); ``compile`` wraps the model in ``torch.compile``. Both are
+off by default: capture and compilation take seconds and memory at start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.backends.base import TensorSpec
+from engine.errors import ConfigError, ModelError
+
+logger = logging.getLogger(__name__)
+
+_DEVICE = re.compile(r"^(cpu|cuda(?::\d+)?)$")
+INPUT_NAME = "images"
+OUTPUT_NAME = "output0"
+
+
+def _load_ultralytics_checkpoint(path: Path) -> Any:
+    """The model of an Ultralytics ``.pt`` checkpoint, with Ultralytics' own loader."""
+    from engine.backends.ultralytics_env import import_ultralytics
+
+    import_ultralytics()
+    from ultralytics.nn import tasks
+
+    # The loader's name changed across Ultralytics releases.
+    loader = getattr(tasks, "load_checkpoint", None) or getattr(tasks, "attempt_load_one_weight", None)
+    if loader is None:  # pragma: no cover - every release has one of them
+        raise ModelError("this Ultralytics version has neither load_checkpoint nor attempt_load_one_weight")
+    model, _checkpoint = loader(str(path), device="cpu", fuse=True)
+    return model
+
+
+def ultralytics_metadata(model: Any, imgsz: tuple[int, int] | None = None) -> dict[str, str]:
+    """ONNX-style metadata strings of an Ultralytics model (what its exports carry).
+
+    Args:
+        model: An Ultralytics ``DetectionModel`` (or any module with ``names``/``stride``).
+        imgsz: Input size; None takes the training ``imgsz`` from ``model.args`` (or 640).
+    """
+    names = getattr(model, "names", None) or {}
+    if isinstance(names, list | tuple):
+        names = dict(enumerate(names))
+    stride = getattr(model, "stride", None)
+    stride_px = int(max(float(stride.max()), 32)) if stride is not None else 32
+    if imgsz is None:
+        args = getattr(model, "args", None) or {}
+        size = args.get("imgsz", 640) if isinstance(args, Mapping) else getattr(args, "imgsz", 640)
+        imgsz = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    return {
+        "names": str(names),
+        "imgsz": str([int(imgsz[0]), int(imgsz[1])]),
+        "stride": str(stride_px),
+        "task": str(getattr(model, "task", "detect")),
+        "batch": "1",
+    }
+
+
+def _torchscript_metadata(path: Path) -> dict[str, str]:
+    """Ultralytics stores its metadata as JSON in the TorchScript archive's ``extra/config.txt``."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next((n for n in archive.namelist() if n.endswith("extra/config.txt")), None)
+            raw = json.loads(archive.read(name)) if name else {}
+    except (zipfile.BadZipFile, json.JSONDecodeError, KeyError):
+        return {}
+    return {key: str(value) for key, value in raw.items()}
+
+
+def _dtype_name(half: bool) -> str:
+    return "float16" if half else "float32"
+
+
+class TorchBackend:
+    """Runs an Ultralytics YOLO model with PyTorch.
+
+    Args:
+        model_path: ``.pt`` (Ultralytics checkpoint) or ``.torchscript`` file.
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        half: Run in float16 (CUDA only).
+        cuda_graph: Capture and replay one CUDA graph per input shape (CUDA only).
+        compile: Wrap the model in ``torch.compile``.
+        imgsz: Input size reported in the metadata when the file does not carry one.
+        intra_op_num_threads: CPU threads for torch (``torch.set_num_threads``; note that
+            it is process-wide in torch); None leaves torch's default.
+
+    Raises:
+        ConfigError: The device is malformed, or FP16/CUDA graphs are asked for on the CPU.
+    """
+
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        device: str = "cpu",
+        half: bool = False,
+        cuda_graph: bool = False,
+        compile: bool = False,  # noqa: A002 - mirrors torch.compile
+        imgsz: int | None = None,
+        intra_op_num_threads: int | None = None,
+    ) -> None:
+        if not _DEVICE.match(device):
+            raise ConfigError(f"device {device!r} is not valid; expected 'cpu', 'cuda' or 'cuda:N'")
+        for name, value in (("half", half), ("cuda_graph", cuda_graph), ("compile", compile)):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{name} must be true or false, got {value!r}")
+        if device == "cpu" and (half or cuda_graph):
+            raise ConfigError("half and cuda_graph need a CUDA device; the PyTorch backend was given 'cpu'")
+        if imgsz is not None and (isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz < 32):
+            raise ConfigError(f"imgsz must be an integer >= 32 or null, got {imgsz!r}")
+        if intra_op_num_threads is not None and (
+            isinstance(intra_op_num_threads, bool)
+            or not isinstance(intra_op_num_threads, int)
+            or intra_op_num_threads < 1
+        ):
+            raise ConfigError(
+                f"intra_op_num_threads must be a positive integer or None, got {intra_op_num_threads!r}"
+            )
+        self._threads = intra_op_num_threads
+        self._model_path = Path(model_path)
+        self._device_name = "cuda:0" if device == "cuda" else device
+        self._half = half
+        self._cuda_graph = cuda_graph
+        self._compile = compile
+        self._imgsz = imgsz
+        self._module: Any = None
+        self._model: Any = None
+        self._metadata: dict[str, str] = {}
+        self._graphs: dict[tuple[int, ...], tuple[Any, Any, Any]] = {}
+
+    @classmethod
+    def from_module(
+        cls, module: Any, *, metadata: Mapping[str, str], device: str = "cpu", half: bool = False
+    ) -> TorchBackend:
+        """Wrap an in-memory model (for example the one an exporter just exported).
+
+        Args:
+            module: A torch module returning the raw [N, 4 + nc, anchors] output (or a tuple
+                whose first item is that output, as Ultralytics' detection models do).
+            metadata: The metadata to report (see :func:`ultralytics_metadata`).
+            device: Where to run it.
+            half: Run in float16 (CUDA only).
+        """
+        backend = cls(Path("<in-memory>"), device=device, half=half)
+        backend._metadata = dict(metadata)
+        backend._prepare(module)
+        return backend
+
+    def __repr__(self) -> str:
+        return f"TorchBackend({str(self._model_path)!r}, device={self.device!r})"
+
+    @property
+    def device(self) -> str:
+        """Where the model runs: ``"cpu"`` or ``"cuda:N"``."""
+        return self._device_name
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        """One image input with dynamic batch, height and width."""
+        self.load()
+        return [TensorSpec(INPUT_NAME, (None, 3, None, None), _dtype_name(self._half))]
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        """One raw prediction output [N, 4 + nc, anchors] (nc from the ``names`` metadata)."""
+        self.load()
+        channels: int | None = None
+        names = self._metadata.get("names")
+        if names:
+            import ast
+
+            try:
+                channels = 4 + len(ast.literal_eval(names))
+            except (ValueError, SyntaxError):
+                channels = None
+        return [TensorSpec(OUTPUT_NAME, (None, channels, None), _dtype_name(self._half))]
+
+    @property
+    def metadata(self) -> Mapping[str, str]:
+        """Ultralytics-style metadata: ``names``, ``imgsz``, ``stride``, ``task``."""
+        self.load()
+        return dict(self._metadata)
+
+    def load(self) -> None:
+        """Read the model and move it to the device; does nothing when already loaded.
+
+        Raises:
+            ModelError: The file is missing or cannot be read, or CUDA is not available.
+        """
+        if self._model is not None:
+            return
+        import torch
+
+        if self._device_name.startswith("cuda") and not torch.cuda.is_available():
+            raise ModelError(f"device {self._device_name!r} asked for, but torch sees no CUDA GPU")
+        if self._threads is not None:
+            torch.set_num_threads(self._threads)
+        path = self._model_path
+        if not path.is_file():
+            raise ModelError(f"model file not found: {path}")
+        suffix = path.suffix.lower()
+        try:
+            if suffix == ".pt":
+                module = _load_ultralytics_checkpoint(path)
+                imgsz = (self._imgsz, self._imgsz) if self._imgsz else None
+                self._metadata = ultralytics_metadata(module, imgsz)
+            elif suffix == ".torchscript":
+                module = torch.jit.load(str(path), map_location="cpu")
+                self._metadata = _torchscript_metadata(path)
+                if self._imgsz:
+                    self._metadata["imgsz"] = str([self._imgsz, self._imgsz])
+            else:
+                raise ModelError(f"the PyTorch backend reads .pt and .torchscript files, not {path.name}")
+        except ModelError:
+            raise
+        except Exception as error:  # torch.load and Ultralytics raise many types for bad files
+            raise ModelError(f"cannot load {path} with PyTorch: {type(error).__name__}: {error}") from error
+        self._prepare(module)
+        logger.info(
+            "loaded %s with PyTorch %s on %s%s",
+            path.name,
+            torch.__version__,
+            self.device,
+            " (fp16)" if self._half else "",
+        )
+
+    def _prepare(self, module: Any) -> None:
+        import torch
+
+        device = torch.device(self._device_name)
+        module = module.to(device).eval()
+        module = module.half() if self._half else module.float()
+        for parameter in module.parameters():
+            parameter.requires_grad_(False)
+        self._module = module
+        self._model = torch.compile(module) if self._compile else module
+        self._graphs = {}
+
+    def _forward(self, images: Any) -> Any:
+        import torch
+
+        with torch.inference_mode():
+            output = self._model(images)
+        # Ultralytics detection models return (predictions, feature maps) outside export mode.
+        return output[0] if isinstance(output, list | tuple) else output
+
+    def _forward_graph(self, images: Any) -> Any:
+        import torch
+
+        key = tuple(images.shape)
+        if key not in self._graphs:
+            static_input = images.clone()
+            stream = torch.cuda.Stream(images.device)
+            stream.wait_stream(torch.cuda.current_stream(images.device))
+            with torch.cuda.stream(stream):
+                for _ in range(2):  # warm-up runs outside the capture (cuDNN picks kernels)
+                    self._forward(static_input)
+            torch.cuda.current_stream(images.device).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph), torch.inference_mode():
+                static_output = self._forward(static_input)
+            self._graphs[key] = (graph, static_input, static_output)
+        graph, static_input, static_output = self._graphs[key]
+        static_input.copy_(images)
+        graph.replay()
+        # The graph's output buffer is overwritten by the next replay: hand out a copy.
+        return static_output.clone()
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """Run one inference.
+
+        Args:
+            inputs: ``{"images": batch}``, a float N×3×H×W numpy array or torch tensor.
+
+        Returns:
+            ``{"output0": predictions}``: numpy when the input was numpy, else a tensor on
+            the backend's device.
+
+        Raises:
+            ModelError: The input is missing or malformed, or the model failed.
+        """
+        import torch
+
+        self.load()
+        if INPUT_NAME not in inputs or len(inputs) != 1:
+            raise ModelError(f"the PyTorch backend takes one input named {INPUT_NAME!r}, got {list(inputs)}")
+        value = inputs[INPUT_NAME]
+        as_numpy = isinstance(value, np.ndarray)
+        images = torch.from_numpy(value) if as_numpy else value
+        if not isinstance(images, torch.Tensor) or images.ndim != 4:
+            raise ModelError(
+                f"input {INPUT_NAME!r} must be an N×3×H×W array or tensor, got {type(value).__name__}"
+            )
+        images = images.to(
+            self._device_name, torch.float16 if self._half else torch.float32, non_blocking=True
+        )
+        try:
+            output = self._forward_graph(images) if self._cuda_graph else self._forward(images)
+        except RuntimeError as error:
+            raise ModelError(f"{self._model_path.name}: inference failed: {error}") from error
+        return {OUTPUT_NAME: output.float().cpu().numpy() if as_numpy else output}
+
+    def close(self) -> None:
+        """Release the model (and its CUDA graphs)."""
+        self._model = None
+        self._module = None
+        self._graphs = {}
