@@ -26,7 +26,7 @@ test: setup
 	VISTREAM_SHARED=$(SHARED) $(VENV)/bin/python -m pytest -q -rs
 
 bench: setup
-	$(VENV)/bin/python benchmarks/end_to_end.py --shared $(SHARED) --out out/bench
+	$(VENV)/bin/python benchmarks/regression.py --shared $(SHARED) --out out/bench
 
 lint: setup
 	$(VENV)/bin/ruff check engine plugins tests benchmarks

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +21,7 @@ from types import FrameType
 from typing import Any
 
 from engine import __version__
-from engine.errors import ConfigError, EngineError
+from engine.errors import ConfigError, EngineError, SinkError
 
 logger = logging.getLogger("vistream")
 
@@ -43,16 +44,57 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = subparsers.add_parser("run", help="run a pipeline on a file, camera or stream")
-    run.add_argument("source", help="video file, file:// or rtsp:// URI, /dev/videoN, test://")
-    run.add_argument(
-        "--pipeline", default="default", help="pipeline YAML file, or the name of a shipped one"
+    run = subparsers.add_parser(
+        "run",
+        help="run a pipeline on files, cameras or streams",
+        description="Run a pipeline on one or more sources. Live sources (rtsp://, /dev/videoN, "
+        "endless test://) reconnect forever and process the latest frame; files are read to their "
+        "end, every frame. With several sources, annotated_<id>.mp4 and tracks_<layer>_<id>.txt "
+        "are written per source; events.jsonl holds every source.",
     )
+    run.add_argument(
+        "sources",
+        nargs="*",
+        metavar="SOURCE",
+        help="video file, file:// or rtsp:// URI, /dev/videoN, test://; default: the pipeline's source(s)",
+    )
+    run.add_argument("--pipeline", default="default", help="pipeline YAML file, or the name of a shipped one")
     run.add_argument("--out", type=Path, default=None, help="output directory (default out/<source>)")
-    run.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
+    run.add_argument("--max-frames", type=int, default=None, help="stop each source after N frames")
     run.add_argument("--device", default=None, help="cpu, cuda or cuda:N (overrides the pipeline)")
     run.add_argument("--batch-size", type=int, default=None, help="frames per stage call")
-    run.add_argument("--no-video", action="store_true", help="do not write annotated.mp4")
+    run.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=None,
+        help="how long an incomplete batch waits for more frames (default 20)",
+    )
+    run.add_argument(
+        "--frame-policy",
+        choices=("latest", "all"),
+        default=None,
+        help="latest: drop stale frames (default for live sources); all: every frame (default for files)",
+    )
+    run.add_argument(
+        "--drain-timeout-s",
+        type=float,
+        default=10.0,
+        help="on SIGINT/SIGTERM, how long queued frames are still processed",
+    )
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics on this port (0: any free port)",
+    )
+    run.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics server")
+    run.add_argument(
+        "--status-interval-s",
+        type=float,
+        default=_STATUS_INTERVAL_S,
+        help="seconds between status lines of live runs",
+    )
+    run.add_argument("--no-video", action="store_true", help="do not write annotated video")
     run.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
     run.set_defaults(handler=_run_command)
 
@@ -99,49 +141,103 @@ def _plugins_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def limit_malloc_arenas(arenas: int = 2) -> bool:
+    """Cap glibc's malloc arenas, as ``MALLOC_ARENA_MAX=2`` would, for long live runs.
+
+    Frames are decoded on GStreamer and reader threads and freed on the pipeline thread; with
+    glibc's default (8 arenas per core) the freed memory fragments across arenas and the
+    resident size creeps up for as long as cameras run: ``benchmarks/soak.py`` measured about
+    +3 MB/min with the default and a flat line with 2 arenas, at the same fps. Call it before
+    any thread starts. Does nothing when ``MALLOC_ARENA_MAX`` is set or libc is not glibc.
+
+    Returns:
+        True when the cap was set.
+    """
+    if "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_arena_max = -8  # from glibc's malloc.h
+    return bool(libc.mallopt(m_arena_max, arenas))
+
+
 def _run_command(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from engine.config import load_pipeline
-    from engine.outputs import open_outputs
+    limit_malloc_arenas()
+    from engine.config import load_pipeline, parse_sources
+    from engine.outputs import open_outputs, source_paths
     from engine.pipeline import Pipeline
-    from engine.sources import open_source
 
     spec = load_pipeline(args.pipeline)
     if args.device is not None:
         spec = replace(spec, device=args.device)
     if args.batch_size is not None:
         spec = replace(spec, batch_size=args.batch_size)
+    if args.max_wait_ms is not None:
+        spec = replace(spec, max_wait_ms=args.max_wait_ms)
     if args.max_frames is not None and args.max_frames < 1:
         raise ConfigError(f"--max-frames: expected a positive integer, got {args.max_frames}")
-    source = open_source(args.source, source_id=_source_id(args.source))
-    pipeline = Pipeline.from_spec(spec, with_drawing=not args.no_video)
-    out_dir: Path = args.out if args.out is not None else Path("out") / _source_id(args.source)
-    outputs = open_outputs(out_dir, pipeline, write_video=not args.no_video)
+    if not args.status_interval_s > 0:
+        raise ConfigError(f"--status-interval-s: expected a positive number, got {args.status_interval_s}")
+    if args.sources:
+        sources = parse_sources(list(args.sources), frame_policy=args.frame_policy)
+    elif spec.sources:
+        sources = tuple(
+            replace(source, frame_policy=args.frame_policy or source.frame_policy) for source in spec.sources
+        )
+    else:
+        raise ConfigError("no source: give SOURCE arguments or set 'source'/'sources' in the pipeline")
+    ids = [source.id for source in sources]
+    feeds = [source.build() for source in sources]
+    pipeline = Pipeline.from_spec(spec, with_drawing=not args.no_video, drain_timeout_s=args.drain_timeout_s)
+    default_out = ids[0] if len(ids) == 1 else f"{ids[0]}+{len(ids) - 1}"
+    out_dir: Path = args.out if args.out is not None else Path("out") / default_out
+    outputs = open_outputs(out_dir, pipeline, write_video=not args.no_video, source_ids=ids)
+    server = None
+    if args.metrics_port is not None:
+        from engine.metrics_server import MetricsServer
 
-    progress = _Progress(pipeline, quiet=args.quiet, max_frames=args.max_frames)
+        server = MetricsServer(pipeline, port=args.metrics_port, host=args.metrics_host)
+
+    progress = _Progress(
+        pipeline, quiet=args.quiet, max_frames=args.max_frames, interval_s=args.status_interval_s
+    )
     _install_signal_handlers(pipeline)
     status = "failed"
     try:
-        pipeline.run(source, outputs.sinks, max_frames=args.max_frames, on_batch=progress.update)
+        pipeline.run(feeds, outputs.sinks, max_frames=args.max_frames, on_batch=progress.update)
         status = "stopped" if pipeline.stop_requested else "completed"
     finally:
         progress.close()
-        summary = _summary(pipeline, status, outputs.paths)
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        if server is not None:
+            server.close()
+        paths = source_paths(outputs.paths, ids) if len(ids) > 1 else outputs.paths
+        summary = _summary(pipeline, status, paths)
+        summary_error = _write_summary(out_dir / "summary.json", summary)
+    if summary_error is not None:
+        raise summary_error
     _print_report(summary, out_dir, quiet=args.quiet)
     return 0
 
 
-def _source_id(uri: str) -> str:
-    """A short readable source name: the file stem, or the scheme for streams."""
-    if "://" in uri and not uri.startswith("file://"):
-        return uri.split("://", 1)[0]
-    return Path(uri.removeprefix("file://")).stem or "source"
+def _write_summary(path: Path, summary: dict[str, Any]) -> SinkError | None:
+    """Write summary.json; a failure (a full disk) is logged and returned, never raised here,
+    so it cannot hide the error that ended the run."""
+    try:
+        path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    except OSError as error:
+        logger.error("cannot write %s: %s", path, error.strerror)
+        return SinkError(f"cannot write {path}: {error.strerror}")
+    return None
 
 
 def _install_signal_handlers(pipeline: Any) -> None:
-    """First SIGINT/SIGTERM: finish frames in flight and finalize; second: exit at once."""
+    """First SIGINT/SIGTERM: stop intake, drain queued frames, finalize; second: exit at once."""
 
     def handle(signum: int, _frame: FrameType | None) -> None:
         if pipeline.stop_requested:
@@ -157,59 +253,76 @@ def _install_signal_handlers(pipeline: Any) -> None:
 
 
 class _Progress:
-    """A progress bar for files, a periodic status line for live sources."""
+    """A progress bar while every source is a file; otherwise a status line every few seconds
+    (on its own thread, so it also speaks while every camera is down)."""
 
-    def __init__(self, pipeline: Any, *, quiet: bool, max_frames: int | None) -> None:
+    def __init__(
+        self, pipeline: Any, *, quiet: bool, max_frames: int | None, interval_s: float = _STATUS_INTERVAL_S
+    ) -> None:
         self.pipeline = pipeline
         self.quiet = quiet
         self.max_frames = max_frames
+        self.interval_s = interval_s
         self.bar: Any = None
-        self.last_status_s = time.monotonic()
-        self.frames_since_status = 0
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._report, name="vistream-status", daemon=True)
+        if not quiet:
+            self._thread.start()
 
     def update(self, batch: Any) -> None:
-        if self.quiet:
+        infos = [state.info for state in self.pipeline.sources.values()]
+        if self.quiet or not infos or any(info.live for info in infos):
             return
-        info = self.pipeline.source_info
-        if info is not None and not info.live:
-            if self.bar is None:
-                from tqdm import tqdm
+        if self.bar is None:
+            from tqdm import tqdm
 
-                totals = [n for n in (info.frame_count, self.max_frames) if n]
-                self.bar = tqdm(total=min(totals) if totals else None, unit="frame", dynamic_ncols=True)
-            self.bar.update(len(batch))
-            return
-        self.frames_since_status += len(batch)
-        now_s = time.monotonic()
-        if now_s - self.last_status_s >= _STATUS_INTERVAL_S:
-            metrics = self.pipeline.metrics
-            age_ms = metrics.end_to_end_ms[-1] if metrics.end_to_end_ms else float("nan")
+            counts = [_expected_frames(info.frame_count, self.max_frames) for info in infos]
+            total = None if None in counts else sum(n for n in counts if n is not None)
+            self.bar = tqdm(total=total, unit="frame", dynamic_ncols=True)
+        self.bar.update(len(batch))
+
+    def _report(self) -> None:
+        from engine.metrics import status_line
+
+        before, before_s = None, time.monotonic()
+        while not self._closed.wait(self.interval_s):
+            if not any(state.info.live for state in self.pipeline.sources.values()):
+                continue
+            snapshot, now_s = self.pipeline.metrics.snapshot(), time.monotonic()
             logger.info(
-                "status: %.1f fps, frame age %.0f ms, %d frames, %d skipped",
-                self.frames_since_status / (now_s - self.last_status_s),
-                age_ms,
-                sum(metrics.frames_out.values()),
-                metrics.skipped_frames,
+                "status: %s", status_line(snapshot, before, now_s - before_s, self.pipeline.queue_depths())
             )
-            self.last_status_s, self.frames_since_status = now_s, 0
+            before, before_s = snapshot, now_s
 
     def close(self) -> None:
+        self._closed.set()
         if self.bar is not None:
             self.bar.close()
 
 
+def _expected_frames(frame_count: int | None, max_frames: int | None) -> int | None:
+    known = [n for n in (frame_count, max_frames) if n]
+    return min(known) if known else None
+
+
 def _summary(pipeline: Any, status: str, paths: dict[str, str]) -> dict[str, Any]:
     summary: dict[str, Any] = {"status": status, "vistream": __version__}
-    info = pipeline.source_info
-    if info is not None:
-        summary["source"] = {
-            "id": info.source_id,
-            "uri": info.uri,
+    sources = {}
+    for source_id, state in pipeline.sources.items():
+        info = state.info
+        sources[source_id] = {
+            "uri": info.uri,  # masked by the source
             "width": info.width,
             "height": info.height,
             "fps": info.fps,
             "live": info.live,
+            "status": state.status,
+            "segments": state.segments,
+            **({"error": state.error} if state.error else {}),
         }
+    if len(sources) == 1:
+        summary["source"] = {"id": next(iter(sources)), **next(iter(sources.values()))}
+    summary["sources"] = sources
     summary.update(pipeline.metrics.summary())
     try:
         summary["stages"] = pipeline.stage_summaries()

@@ -2,9 +2,14 @@
 
 Format::
 
-    source: path/or/uri.mp4          # optional; the CLI's SOURCE argument wins
+    source: path/or/uri.mp4          # optional; the CLI's SOURCE arguments win
+    sources:                         # or several (not both): URIs or mappings with options,
+      - rtsp://user:pass@10.0.0.5/s1 #   see engine.sources.spec (id, frame_policy, reconnect...)
+      - uri: clips/entrance.mp4
+        id: entrance
     device: cpu                      # cpu | cuda | cuda:N
-    batch_size: 1                    # frames per stage call
+    batch_size: 1                    # frames per stage call (all sources together)
+    max_wait_ms: 20                  # an incomplete batch waits this long for more frames
     on_error: fail                   # fail | skip (skip the batch, count it, go on)
     stages:
       - stage: detect                # entry-point name or package.module:Class
@@ -14,7 +19,7 @@ Format::
 
 Every error names its place, e.g. ``stages[1] (track): unexpected argument 'buffer'``.
 String values may use ``${VAR}`` or ``${VAR:-default}``; arguments annotated as ``Path``
-are resolved relative to the YAML file's directory.
+and relative source file paths are resolved relative to the YAML file's directory.
 """
 
 from __future__ import annotations
@@ -33,12 +38,27 @@ import yaml
 
 from engine.errors import ConfigError, EngineError
 from engine.registry import resolve_stage
+from engine.sources.spec import SourceSpec, default_source_id, parse_sources
 from engine.stage import Stage
+
+__all__ = [
+    "PIPELINES_DIR",
+    "PipelineSpec",
+    "SourceSpec",
+    "StageSpec",
+    "bind_arguments",
+    "default_source_id",
+    "default_variables",
+    "find_pipeline",
+    "load_pipeline",
+    "parse_pipeline",
+    "parse_sources",
+]
 
 #: Directory of the pipelines that ship with the engine (chosen by name: `--pipeline traffic`).
 PIPELINES_DIR = Path(__file__).parent / "pipelines"
 
-_TOP_LEVEL_KEYS = {"source", "device", "batch_size", "on_error", "stages"}
+_TOP_LEVEL_KEYS = {"source", "sources", "device", "batch_size", "max_wait_ms", "on_error", "stages"}
 _ERROR_POLICIES = ("fail", "skip")
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -83,16 +103,23 @@ class PipelineSpec:
         device: ``"cpu"`` or a CUDA device.
         batch_size: Frames per stage call.
         on_error: ``"fail"`` (stop with an error) or ``"skip"`` (count the batch as skipped).
-        source: Default source URI when the command line gives none.
+        sources: Default sources when the command line gives none.
         config_dir: Directory of the YAML file (relative paths resolve against it).
+        max_wait_ms: How long an incomplete batch waits for more frames.
     """
 
     stages: list[StageSpec]
     device: str = "cpu"
     batch_size: int = 1
     on_error: str = "fail"
-    source: str | None = None
+    sources: tuple[SourceSpec, ...] = ()
     config_dir: Path = Path(".")
+    max_wait_ms: float = 20.0
+
+    @property
+    def source(self) -> str | None:
+        """The first source's URI, or None."""
+        return self.sources[0].uri if self.sources else None
 
 
 def default_variables() -> dict[str, str]:
@@ -157,9 +184,19 @@ def parse_pipeline(document: Any, *, config_dir: Path) -> PipelineSpec:
     on_error = _expect(document.get("on_error", "fail"), str, "on_error")
     if on_error not in _ERROR_POLICIES:
         raise ConfigError(f"on_error: expected one of {', '.join(_ERROR_POLICIES)}, got '{on_error}'")
-    source = document.get("source")
-    if source is not None:
-        source = _expand(_expect(source, str, "source"), variables, "source")
+    max_wait_ms = _expect(document.get("max_wait_ms", 20.0), (int, float), "max_wait_ms")
+    if max_wait_ms < 0:
+        raise ConfigError(f"max_wait_ms: expected a number >= 0, got {max_wait_ms}")
+    if "source" in document and "sources" in document:
+        raise ConfigError("give either 'source' or 'sources', not both")
+    entries: list[Any] = []
+    if document.get("source") is not None:
+        entries = [_expect(document["source"], str, "source")]
+    elif "sources" in document:
+        entries = document["sources"]
+        if not isinstance(entries, list) or not entries:
+            raise ConfigError("'sources' must be a non-empty list of URIs or mappings with 'uri'")
+    sources = parse_sources(_expand_sources(entries, variables), config_dir=config_dir)
     stages = [
         _parse_stage(position, entry, config_dir, variables)
         for position, entry in enumerate(stages_document)
@@ -173,14 +210,25 @@ def parse_pipeline(document: Any, *, config_dir: Path) -> PipelineSpec:
         device=device,
         batch_size=batch_size,
         on_error=on_error,
-        source=source,
+        sources=sources,
         config_dir=config_dir,
+        max_wait_ms=float(max_wait_ms),
     )
 
 
-def _parse_stage(
-    position: int, entry: Any, config_dir: Path, variables: dict[str, str]
-) -> StageSpec:
+def _expand_sources(entries: list[Any], variables: dict[str, str]) -> list[Any]:
+    """The source entries with ``${VAR}`` expanded in their URIs."""
+    expanded: list[Any] = []
+    for position, entry in enumerate(entries):
+        if isinstance(entry, str):
+            entry = _expand(entry, variables, f"sources[{position}]")
+        elif isinstance(entry, dict) and isinstance(entry.get("uri"), str):
+            entry = {**entry, "uri": _expand(entry["uri"], variables, f"sources[{position}].uri")}
+        expanded.append(entry)
+    return expanded
+
+
+def _parse_stage(position: int, entry: Any, config_dir: Path, variables: dict[str, str]) -> StageSpec:
     place = f"stages[{position}]"
     if not isinstance(entry, dict) or "stage" not in entry:
         raise ConfigError(f"{place}: expected a mapping with a 'stage' key")
@@ -319,7 +367,9 @@ def _expand(text: str, variables: dict[str, str], where: str) -> str:
     return _VARIABLE.sub(replace, text)
 
 
-def _expect(value: Any, kind: type, where: str) -> Any:
-    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
-        raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}")
+def _expect(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        names = " or ".join("number" if k is float else k.__name__ for k in kinds)
+        raise ConfigError(f"{where}: expected {names}, got {value!r}")
     return value

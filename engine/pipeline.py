@@ -1,37 +1,44 @@
-"""The pipeline: lifecycle of source, stages and sinks, the batch loop, the one error policy.
+"""The pipeline: lifecycle of sources, stages and sinks, the batch loop, the one error policy.
 
-Lifecycle: the source opens, then the stages in order, then the sinks; everything is closed
+Lifecycle: the sources open, then the stages in order, then the sinks; everything is closed
 in reverse order on the way out (an ExitStack), also when a later ``open()`` or a batch fails,
 so outputs are finalized for every frame already processed.
 
-Frames are read on a reader thread into a bounded queue: decoding overlaps processing, and
-the loop can notice a stop request even while a live source delivers nothing.
+Frames of every source are read on their own threads and batched together
+(:mod:`engine.batching`). Sources end independently: one that ends or fails is finished
+(``end_of_stream`` for its stages and sinks) while the others go on; the run ends when all
+have ended, ``max_frames`` were taken from each, or a stop is requested. A source failure is
+raised when the run is over, after every other source was processed and every output
+finalized. A supervised (reconnecting) source ends a *segment* at each loss: its stages get
+``end_of_stream`` (trackers restart), its sinks keep writing, and the first frame of the next
+segment carries a ``source_reconnected`` event.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, closing
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from engine.batching import Batcher, Feed, FeedReader, Marker, SegmentEnded, SegmentStarted, SourceEnded
 from engine.config import PipelineSpec
 from engine.errors import ConfigError, EngineError, SourceError
-from engine.frame import Batch, Frame, SourceInfo
+from engine.frame import Batch, SourceInfo
 from engine.metrics import RunMetrics
 from engine.sinks.base import Sink
 from engine.sources.base import Source
+from engine.sources.uri import mask_credentials
 from engine.stage import Context, Stage
 
 logger = logging.getLogger(__name__)
 
 ERROR_POLICIES = ("fail", "skip")
-_POLL_S = 0.1  # how often a waiting loop re-checks the stop flag
 
 
 @dataclass(frozen=True)
@@ -55,26 +62,38 @@ class PipelineObserver(Protocol):
         """Every sink has written ``batch``."""
 
 
-class _EndOfStream:
-    """Queue marker: the reader thread reached the end (``error`` set when it failed)."""
+@dataclass
+class SourceState:
+    """What the run knows about one of its sources.
 
-    def __init__(self, error: BaseException | None = None) -> None:
-        self.error = error
+    Attributes:
+        info: The source's facts (updated when a supervised source connects).
+        status: ``running``, ``ended`` (its end, or a stop), or ``failed``.
+        segments: Connections of a supervised source so far (1 for other sources).
+        error: Why it failed, credentials masked.
+    """
+
+    info: SourceInfo
+    status: str = "running"
+    segments: int = 1
+    error: str | None = None
 
 
 class Pipeline:
-    """Runs frames from one source through stages into sinks.
+    """Runs frames from one or many sources through stages into sinks.
 
     Args:
         stages: The stages in order, with their names.
-        batch_size: Frames per stage call.
+        batch_size: Most frames per stage call (frames of several sources share a batch).
         on_error: ``"fail"`` stops the run at the first stage error (outputs are still
             finalized); ``"skip"`` sends the failing batch on to the sinks unprocessed, marks
             its frames ``skipped_reason`` and counts them.
         device: Device given to stages in their :class:`Context`.
         config_dir: Directory relative paths were resolved against.
-        read_ahead_frames: Size of the queue between the reader thread and the loop.
+        read_ahead_frames: Queue size per source under the ``all`` frame policy.
         observers: Told about every stage call and output (benchmarks use this).
+        max_wait_ms: How long an incomplete batch waits for more frames.
+        drain_timeout_s: After a stop request, how long queued frames are still processed.
     """
 
     def __init__(
@@ -87,11 +106,17 @@ class Pipeline:
         config_dir: Path = Path("."),
         read_ahead_frames: int = 8,
         observers: Sequence[PipelineObserver] = (),
+        max_wait_ms: float = 20.0,
+        drain_timeout_s: float = 10.0,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size: expected a positive integer, got {batch_size}")
         if on_error not in ERROR_POLICIES:
             raise ConfigError(f"on_error: expected one of {', '.join(ERROR_POLICIES)}, got '{on_error}'")
+        if not max_wait_ms >= 0:
+            raise ConfigError(f"max_wait_ms: expected a number >= 0, got {max_wait_ms}")
+        if not drain_timeout_s >= 0:
+            raise ConfigError(f"drain_timeout_s: expected a number >= 0, got {drain_timeout_s}")
         self.stages = list(stages)
         self.batch_size = batch_size
         self.on_error = on_error
@@ -99,13 +124,19 @@ class Pipeline:
         self.config_dir = config_dir
         self.read_ahead_frames = max(read_ahead_frames, batch_size)
         self.observers = list(observers)
+        self.max_wait_ms = float(max_wait_ms)
+        self.drain_timeout_s = float(drain_timeout_s)
         self.metrics = RunMetrics()
-        self.source_info: SourceInfo | None = None
+        #: Per source id, its facts and state; filled as the run opens its sources.
+        self.sources: dict[str, SourceState] = {}
+        self._infos: dict[str, SourceInfo] = {}  # the Context's view, updated on reconnects
+        self._readers: list[FeedReader] = []
         self._stop = threading.Event()
         self._logged_errors: set[str] = set()
+        self._pending_events: dict[str, list[dict[str, Any]]] = defaultdict(list)
 
     @classmethod
-    def from_spec(cls, spec: PipelineSpec, *, with_drawing: bool = True) -> Pipeline:
+    def from_spec(cls, spec: PipelineSpec, *, with_drawing: bool = True, **options: Any) -> Pipeline:
         """Construct every stage of a spec (stages with ``draws = True`` only if drawing)."""
         stages = [
             NamedStage(name=stage_spec.name, stage=stage_spec.build())
@@ -118,10 +149,12 @@ class Pipeline:
             on_error=spec.on_error,
             device=spec.device,
             config_dir=spec.config_dir,
+            max_wait_ms=spec.max_wait_ms,
+            **options,
         )
 
     def request_stop(self) -> None:
-        """Ask the run to stop reading; frames in flight are finished and outputs finalized.
+        """Stop reading; frames already queued are processed and outputs finalized.
 
         Safe to call from a signal handler or another thread.
         """
@@ -131,6 +164,15 @@ class Pipeline:
     def stop_requested(self) -> bool:
         """True once :meth:`request_stop` was called."""
         return self._stop.is_set()
+
+    @property
+    def source_info(self) -> SourceInfo | None:
+        """The first source's facts (the only one in a single-source run)."""
+        return next(iter(self.sources.values())).info if self.sources else None
+
+    def queue_depths(self) -> dict[str, int]:
+        """Frames waiting per source right now."""
+        return {reader.source_id: reader.queued_frames for reader in self._readers}
 
     def stage_summaries(self) -> dict[str, Any]:
         """Per stage name, what the stage reports about the run (stages with ``summary()``)."""
@@ -143,29 +185,50 @@ class Pipeline:
 
     def run(
         self,
-        source: Source,
+        sources: Source | Feed | Sequence[Source | Feed],
         sinks: Sequence[Sink] = (),
         *,
         max_frames: int | None = None,
         on_batch: Callable[[Batch], None] | None = None,
     ) -> RunMetrics:
-        """Process the source until it ends, ``max_frames`` are read, or a stop is requested.
+        """Process the sources until all end, ``max_frames`` are taken from each, or a stop.
+
+        Args:
+            sources: One source, or several (plain sources or :class:`Feed` with a frame
+                policy); their ``source_id`` must differ.
+            sinks: Where processed batches go.
+            max_frames: Frames processed per source before it is stopped; None for all.
+            on_batch: Called with each batch after the sinks wrote it.
 
         Raises:
-            SourceError: The source failed (after every frame read before was processed
-                and written).
+            SourceError: A source failed to open, or failed while reading (raised after
+                every other source ran to its end and every output was finalized).
             EngineError: A stage or sink failed under the ``fail`` policy.
         """
+        feeds = _as_feeds(sources)
+        if max_frames is not None and max_frames < 1:
+            raise ConfigError(f"max_frames: expected a positive integer, got {max_frames}")
         self.metrics = RunMetrics()
+        self.sources, self._infos, self._readers = {}, {}, []
+        self._pending_events.clear()
+        failures: list[tuple[str, BaseException]] = []
         with ExitStack() as stack:
             stack.callback(self._finish_metrics)
-            self.source_info = source.open()
-            stack.callback(_close_quietly, "source", source.close)
-            context = Context(
-                device=self.device,
-                sources={self.source_info.source_id: self.source_info},
-                config_dir=self.config_dir,
-            )
+            condition = threading.Condition()
+            for feed in feeds:
+                stack.callback(_close_quietly, "source", feed.source.close)
+                info = feed.source.open()
+                if info.source_id in self.sources:
+                    raise ConfigError(f"two sources are named '{info.source_id}'; give each its own id")
+                self.sources[info.source_id] = SourceState(info=info, segments=0 if _supervised(feed) else 1)
+                self._infos[info.source_id] = info
+                self._readers.append(
+                    FeedReader(feed, info, condition, read_ahead_frames=self.read_ahead_frames)
+                )
+                self.metrics.update_source(
+                    info.source_id, state="down" if _supervised(feed) else "up", frames_in=0, frames_dropped=0
+                )
+            context = Context(device=self.device, sources=self._infos, config_dir=self.config_dir)
             for named in self.stages:
                 # Registered before open() so a stage that fails halfway through opening
                 # still gets the chance to release what it had allocated.
@@ -177,93 +240,95 @@ class Pipeline:
             for sink in sinks:
                 stack.callback(_close_quietly, type(sink).__name__, sink.close)
                 sink.open(context)
-            self._loop(source, sinks, max_frames, on_batch)
-            for named in self.stages:
-                named.stage.end_of_stream(self.source_info.source_id)
-            for sink in sinks:
-                sink.end_of_stream(self.source_info.source_id)
+            batcher = Batcher(
+                self._readers,
+                condition,
+                batch_size=self.batch_size,
+                max_wait_ms=self.max_wait_ms,
+                max_frames=max_frames,
+                stop=self._stop,
+                drain_timeout_s=self.drain_timeout_s,
+            )
+            stack.callback(batcher.close)
+            batcher.start()
+            for item in batcher:
+                if isinstance(item, Batch):
+                    self._process(item, sinks, on_batch)
+                else:
+                    self._handle_marker(item, sinks, failures)
+            for source_id, state in self.sources.items():  # stopped, or cut by the drain timeout
+                if state.status == "running":
+                    self._end_source(source_id, sinks)
+        if failures:
+            if len(failures) == 1:
+                raise failures[0][1]
+            raise SourceError(
+                f"{len(failures)} sources failed: "
+                + "; ".join(f"{source_id}: {error}" for source_id, error in failures)
+            )
         return self.metrics
 
     def _finish_metrics(self) -> None:
+        self._update_source_metrics()
         self.metrics.finished_ns = time.monotonic_ns()
 
-    def _loop(
-        self,
-        source: Source,
-        sinks: Sequence[Sink],
-        max_frames: int | None,
-        on_batch: Callable[[Batch], None] | None,
+    def _update_source_metrics(self) -> None:
+        for reader in self._readers:
+            self.metrics.update_source(
+                reader.source_id,
+                frames_in=reader.frames_in,
+                frames_dropped=reader.dropped,
+                frames_invalid=reader.invalid,
+                queue_depth=reader.queued_frames,
+            )
+
+    def _handle_marker(
+        self, marker: Marker, sinks: Sequence[Sink], failures: list[tuple[str, BaseException]]
     ) -> None:
-        pending: list[Frame] = []
-        frames_read = 0
-        source_error: SourceError | None = None
-        try:
-            with closing(self._read_frames(source)) as frames:
-                for frame in frames:
-                    self.metrics.frames_in[frame.source_id] += 1
-                    frames_read += 1
-                    pending.append(frame)
-                    if len(pending) >= self.batch_size:
-                        self._process(Batch(pending), sinks, on_batch)
-                        pending = []
-                    if max_frames is not None and frames_read >= max_frames:
-                        break
-        except SourceError as error:
-            source_error = error
-        if pending:
-            self._process(Batch(pending), sinks, on_batch)
-        if source_error is not None:
-            raise source_error
+        state = self.sources[marker.source_id]
+        if isinstance(marker, SegmentStarted):
+            state.info = self._infos[marker.source_id] = marker.info
+            state.segments = marker.segment
+            self._pending_events[marker.source_id].append(marker.event)
+            self.metrics.update_source(marker.source_id, state="up", reconnects=int(marker.segment > 1))
+        elif isinstance(marker, SegmentEnded):
+            # Trackers and other per-source state restart: no track glued across the gap.
+            self.metrics.update_source(marker.source_id, state="down")
+            for named in self.stages:
+                named.stage.end_of_stream(marker.source_id)
+        elif isinstance(marker, SourceEnded):
+            if marker.error is not None:
+                message = mask_credentials(str(marker.error))
+                state.status, state.error = "failed", message
+                self.metrics.update_source(marker.source_id, error=message, state="failed")
+                failures.append((marker.source_id, marker.error))
+                others = [sid for sid, other in self.sources.items() if other.status == "running"]
+                # Said now only while others go on; otherwise the run's error says it once.
+                logger.log(
+                    logging.ERROR if others else logging.DEBUG,
+                    "source %s failed: %s%s",
+                    marker.source_id,
+                    message,
+                    f" (the other sources go on: {', '.join(others)})" if others else "",
+                )
+            self._end_source(marker.source_id, sinks)
 
-    def _read_frames(self, source: Source) -> Iterator[Frame]:
-        """Yield the source's frames, read ahead on a thread, until the end or a stop."""
-        frames: queue.Queue[Frame | _EndOfStream] = queue.Queue(maxsize=self.read_ahead_frames)
-        reader_done = threading.Event()
+    def _end_source(self, source_id: str, sinks: Sequence[Sink]) -> None:
+        state = self.sources[source_id]
+        if state.status == "running":
+            state.status = "ended"
+            self.metrics.update_source(source_id, state="ended")
+        for named in self.stages:
+            named.stage.end_of_stream(source_id)
+        for sink in sinks:
+            sink.end_of_stream(source_id)
 
-        def read() -> None:
-            marker = _EndOfStream()
-            try:
-                for frame in source.frames():
-                    while not reader_done.is_set():
-                        try:
-                            frames.put(frame, timeout=_POLL_S)
-                            break
-                        except queue.Full:
-                            continue
-                    if reader_done.is_set():
-                        return
-            except BaseException as error:  # handed to the loop thread, which re-raises it
-                marker = _EndOfStream(error)
-            while not reader_done.is_set():
-                try:
-                    frames.put(marker, timeout=_POLL_S)
-                    return
-                except queue.Full:
-                    continue
-
-        reader = threading.Thread(target=read, name="vistream-reader", daemon=True)
-        reader.start()
-        try:
-            while not self._stop.is_set():
-                try:
-                    item = frames.get(timeout=_POLL_S)
-                except queue.Empty:
-                    continue
-                if isinstance(item, _EndOfStream):
-                    if item.error is not None:
-                        raise item.error
-                    return
-                yield item
-        finally:
-            reader_done.set()
-            source.close()  # makes a blocked frames() return so the reader thread ends
-            reader.join(timeout=5.0)
-            if reader.is_alive():
-                logger.warning("the source did not stop within 5 s; leaving its reader thread behind")
-
-    def _process(
-        self, batch: Batch, sinks: Sequence[Sink], on_batch: Callable[[Batch], None] | None
-    ) -> None:
+    def _process(self, batch: Batch, sinks: Sequence[Sink], on_batch: Callable[[Batch], None] | None) -> None:
+        if self._pending_events:
+            for frame in batch:
+                events = self._pending_events.pop(frame.source_id, None)
+                if events:
+                    frame.events[:0] = events
         for named in self.stages:
             started_ns = time.monotonic_ns()
             try:
@@ -280,6 +345,7 @@ class Pipeline:
             sink.write(batch)
         written_ns = time.monotonic_ns()
         self.metrics.record_output(batch, written_ns)
+        self._update_source_metrics()
         for observer in self.observers:
             observer.on_output(batch, written_ns)
         if on_batch is not None:
@@ -289,7 +355,7 @@ class Pipeline:
         first = batch[0]
         where = f"stage '{stage_name}' failed on {first.source_id} frame {first.index}"
         kind = f"{stage_name}: {type(error).__name__}"
-        self.metrics.errors[kind] += 1
+        self.metrics.record_stage_error(kind, len(batch), skipped=self.on_error == "skip")
         if self.on_error == "fail":
             if isinstance(error, EngineError):
                 raise type(error)(f"{where}: {error}") from error
@@ -297,16 +363,28 @@ class Pipeline:
         reason = f"{kind}: {error}"
         for frame in batch:
             frame.skipped_reason = reason
-        self.metrics.skipped_frames += len(batch)
         if kind not in self._logged_errors:  # once per kind, not once per frame
             self._logged_errors.add(kind)
             logger.warning("%s: %s (skipping; later errors of this kind are counted only)",
                            where, error, exc_info=error)
 
 
+def _as_feeds(sources: Source | Feed | Sequence[Source | Feed]) -> list[Feed]:
+    items: list[Source | Feed] = list(sources) if isinstance(sources, (list, tuple)) else [sources]  # type: ignore[list-item]
+    if not items:
+        raise ConfigError("no source: give at least one")
+    return [item if isinstance(item, Feed) else Feed(item) for item in items]
+
+
+def _supervised(feed: Feed) -> bool:
+    return callable(getattr(feed.source, "subscribe", None))
+
+
 def _close_quietly(what: str, close: Callable[[], None]) -> None:
     """Close something during teardown without letting its error hide the original one."""
     try:
         close()
+    except EngineError as error:  # e.g. a full disk: one line, it is not a bug
+        logger.error("closing %s failed: %s", what, error)
     except Exception:
         logger.exception("closing %s failed", what)

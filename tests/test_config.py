@@ -82,7 +82,10 @@ def test_constructor_validation_errors_name_the_place() -> None:
     ({"batch_size": 0}, "batch_size: expected a positive integer"),
     ({"on_error": "ignore"}, "on_error: expected one of fail, skip"),
     ({"device": "gpu"}, "device: expected 'cpu', 'cuda' or 'cuda:N'"),
-    ({"sources": []}, "unknown key 'sources'"),
+    ({"cameras": []}, "unknown key 'cameras'"),
+    ({"sources": []}, "'sources' must be a non-empty list"),
+    ({"source": "a.mp4", "sources": ["b.mp4"]}, "either 'source' or 'sources'"),
+    ({"max_wait_ms": -1}, "max_wait_ms: expected a number >= 0"),
 ])
 def test_top_level_errors(top: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):

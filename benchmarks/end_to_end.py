@@ -1,0 +1,191 @@
+"""End-to-end throughput of vistream against bare ONNX Runtime and Ultralytics, side by side.
+
+On one video and one ONNX model, in one process, each configuration warmed up and repeated
+(alternating, so slow drifts of a shared machine hit all of them alike), medians reported:
+
+- ``ort_model_only``: ``session.run`` alone on the same frames, letterboxed beforehand;
+- ``vistream_no_video``: ``vistream run --no-video`` (decode + detect + track + JSONL + MOT);
+- ``vistream_video``: the same plus annotate + H.264 ``annotated.mp4``;
+- ``ultralytics_track``: ``YOLO(model).track(video, tracker="bytetrack.yaml")``, when installed.
+
+Writes ``end_to_end.json`` and ``end_to_end.png`` to ``--out`` and prints a Markdown table.
+
+    python benchmarks/end_to_end.py --shared ../shared --out out/bench [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import common  # noqa: E402  (puts the repository root on sys.path)
+from common import REPO_ROOT, decode_all, importable, load_pyplot, offline_ultralytics
+
+
+def time_ort_model_only(model: Path, frames: list[Any]) -> float:
+    """Seconds for ``session.run`` over every frame (preprocessing done beforehand)."""
+    seconds, per_frame_ms = common.time_ort_model_only(model, frames)
+    return seconds * len(frames) / max(len(per_frame_ms), 1)  # the warm-up frames are not timed
+
+
+def time_vistream(video: Path, *, write_video: bool, out_dir: Path) -> tuple[float, dict[str, Any]]:
+    """Seconds for a full `vistream run` (default pipeline) through the same code as the CLI."""
+    from engine.config import load_pipeline
+    from engine.outputs import open_outputs
+    from engine.pipeline import Pipeline
+    from engine.sources import open_source
+
+    spec = load_pipeline("default")
+    pipeline = Pipeline.from_spec(spec, with_drawing=write_video)
+    outputs = open_outputs(out_dir, pipeline, write_video=write_video)
+    source = open_source(str(video), source_id="bench")
+    started = time.perf_counter()
+    metrics = pipeline.run(source, outputs.sinks)
+    elapsed = time.perf_counter() - started
+    return elapsed, metrics.summary()
+
+
+def time_ultralytics(video: Path, model: Path, imgsz: int) -> tuple[float, int, int]:
+    """Seconds, frames and unique track ids for Ultralytics' ByteTrack pipeline."""
+    from ultralytics import YOLO
+
+    yolo = YOLO(str(model), task="detect")
+    track_ids: set[int] = set()
+    frames = 0
+    started = time.perf_counter()
+    for result in yolo.track(
+        source=str(video), tracker="bytetrack.yaml", imgsz=imgsz, stream=True, verbose=False, device="cpu"
+    ):
+        frames += 1
+        if result.boxes is not None and result.boxes.id is not None:
+            track_ids.update(int(i) for i in result.boxes.id.tolist())
+    return time.perf_counter() - started, frames, len(track_ids)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shared", type=Path, default=common.default_shared())
+    parser.add_argument("--video", type=Path, default=None)
+    parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "out" / "bench")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-ultralytics", action="store_true")
+    args = parser.parse_args()
+
+    video = args.video or args.shared / common.DEFAULT_VIDEO
+    model = args.model or args.shared / common.DEFAULT_MODEL
+    os.environ.setdefault("VISTREAM_MODELS", str(model.parent))
+    offline_ultralytics()  # Ultralytics must never try to download anything here
+    load_pyplot()  # before any GStreamer pipeline runs (see engine.bench_report.load_pyplot)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    frames = decode_all(video)
+    frame_count = len(frames)
+    have_ultralytics = not args.skip_ultralytics and importable("ultralytics")
+    runs: dict[str, list[float]] = {"ort_model_only": [], "vistream_no_video": [], "vistream_video": []}
+    if have_ultralytics:
+        runs["ultralytics_track"] = []
+    extras: dict[str, Any] = {}
+
+    configurations: dict[str, Callable[[], float]] = {
+        "ort_model_only": lambda: time_ort_model_only(model, frames),
+        "vistream_no_video": lambda: _vistream(video, False, args.out, extras),
+        "vistream_video": lambda: _vistream(video, True, args.out, extras),
+    }
+    if have_ultralytics:
+        configurations["ultralytics_track"] = lambda: _ultralytics(video, model, extras)
+    for repeat in range(args.repeats + 1):  # repeat 0 is a warm-up and is discarded
+        for name, run in configurations.items():
+            seconds = run()
+            if repeat > 0:
+                runs[name].append(seconds)
+            print(
+                f"  {'warm-up' if repeat == 0 else f'run {repeat}'} {name}: {frame_count / seconds:.1f} fps",
+                file=sys.stderr,
+            )
+
+    fps = {name: frame_count / statistics.median(seconds) for name, seconds in runs.items()}
+    model_s = statistics.median(runs["ort_model_only"])
+    no_video_s = statistics.median(runs["vistream_no_video"])
+    from engine.resources import machine_description
+
+    report = {
+        "machine": machine_description(),
+        "device": "cpu",
+        "batch_size": 1,
+        "video": video.name,
+        "model": model.name,
+        "frames": frame_count,
+        "repeats": args.repeats,
+        "median_fps": {name: round(value, 1) for name, value in fps.items()},
+        "all_fps": {name: [round(frame_count / s, 1) for s in seconds] for name, seconds in runs.items()},
+        "vistream_overhead_share": round((no_video_s - model_s) / no_video_s, 3),
+        **extras,
+    }
+    if have_ultralytics:
+        report["vistream_no_video_vs_ultralytics"] = round(
+            fps["vistream_no_video"] / fps["ultralytics_track"], 2
+        )
+    (args.out / "end_to_end.json").write_text(json.dumps(report, indent=2) + "\n")
+    _plot(fps, args.out / "end_to_end.png", f"{video.name}, {model.name}, {os.cpu_count()} CPUs")
+    print(_table(report))
+    return 0
+
+
+def _vistream(video: Path, write_video: bool, out: Path, extras: dict[str, Any]) -> float:
+    seconds, summary = time_vistream(
+        video, write_video=write_video, out_dir=out / ("vistream_video" if write_video else "vistream")
+    )
+    extras["vistream_unique_tracks"] = summary["unique_tracks"].get("objects")
+    extras["vistream_stage_latency_per_frame_ms"] = {
+        name: stats.get("p50_ms") for name, stats in summary["stage_latency_per_frame_ms"].items()
+    }
+    return seconds
+
+
+def _ultralytics(video: Path, model: Path, extras: dict[str, Any]) -> float:
+    seconds, frames, tracks = time_ultralytics(video, model, imgsz=320)
+    extras["ultralytics_frames"] = frames
+    extras["ultralytics_unique_tracks"] = tracks
+    return seconds
+
+
+def _table(report: dict[str, Any]) -> str:
+    model_fps = report["median_fps"]["ort_model_only"]
+    lines = ["| configuration | median fps | × model-only |", "|---|---:|---:|"]
+    for name, value in report["median_fps"].items():
+        lines.append(f"| {name} | {value:.1f} | {value / model_fps:.2f} |")
+    lines.append("")
+    lines.append(f"vistream overhead beyond inference (no video): {report['vistream_overhead_share']:.1%}")
+    if "vistream_no_video_vs_ultralytics" in report:
+        lines.append(
+            f"vistream (no video) / Ultralytics track: {report['vistream_no_video_vs_ultralytics']}×"
+        )
+    return "\n".join(lines)
+
+
+def _plot(fps: dict[str, float], path: Path, title: str) -> None:
+    plt = load_pyplot()
+    if plt is None:
+        return
+    figure, axis = plt.subplots(figsize=(7, 3.5))
+    names = list(fps)
+    axis.barh(names, [fps[name] for name in names], color="tab:blue")
+    for position, name in enumerate(names):
+        axis.text(fps[name], position, f" {fps[name]:.1f}", va="center")
+    axis.set_xlabel("frames per second (median)")
+    axis.set_title(title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
