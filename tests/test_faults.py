@@ -324,6 +324,10 @@ def test_credentials_are_masked_in_logs_events_summary_and_metrics(tmp_path: Pat
         time.sleep(0.5)
         camera.start()
         _wait(lambda: "source_reconnected" in events.read_text(), 30)
+        # Let frames flow for a while after the return, so status lines of an "up" camera
+        # are printed even on a slow machine (they come every 0.5 s while frames arrive).
+        lines_back = events.read_text().count("\n")
+        _wait(lambda: events.read_text().count("\n") > lines_back + 20, 30)
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as reply:
             scraped = reply.read().decode()
     finally:
