@@ -71,9 +71,11 @@ def decode_all(video: Path, limit: int | None = None) -> list[np.ndarray]:
 
 
 def time_ort_model_only(
-    model: Path, frames: Iterable[np.ndarray], *, warmup: int = 10
+    model: Path, frames: Iterable[np.ndarray], *, warmup: int = 10, threads: int | None = None
 ) -> tuple[float, list[float]]:
     """ONNX Runtime ``session.run`` alone on each frame, letterboxed outside the timing.
+
+    ``threads`` sets ``intra_op_num_threads`` (None: ONNX Runtime's default, every core).
 
     The first ``warmup`` frames are run untimed. Frames are prepared one at a time, so a
     long video does not have to fit in memory as model inputs.
@@ -85,7 +87,10 @@ def time_ort_model_only(
 
     from engine.ops import letterbox, to_model_input
 
-    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     input_spec = session.get_inputs()[0]
     size_hw = (int(input_spec.shape[2]), int(input_spec.shape[3]))
     per_frame_ms: list[float] = []

@@ -3,7 +3,10 @@
 On one video and one ONNX model, in one process, each configuration warmed up and repeated
 (alternating, so slow drifts of a shared machine hit all of them alike), medians reported:
 
-- ``ort_model_only``: ``session.run`` alone on the same frames, letterboxed beforehand;
+- ``ort_model_only``: ``session.run`` alone on the same frames, letterboxed beforehand, with
+  ONNX Runtime's default threads (every core);
+- ``ort_model_only_1_thread``: the same with one inference thread, to show how much of the
+  model-only speed needs both cores (vistream decodes on the side);
 - ``vistream_no_video``: ``vistream run --no-video`` (decode + detect + track + JSONL + MOT);
 - ``vistream_video``: the same plus annotate + H.264 ``annotated.mp4``;
 - ``ultralytics_track``: ``YOLO(model).track(video, tracker="bytetrack.yaml")``, when installed.
@@ -29,9 +32,9 @@ import common  # noqa: E402  (puts the repository root on sys.path)
 from common import REPO_ROOT, decode_all, importable, load_pyplot, offline_ultralytics
 
 
-def time_ort_model_only(model: Path, frames: list[Any]) -> float:
+def time_ort_model_only(model: Path, frames: list[Any], threads: int | None = None) -> float:
     """Seconds for ``session.run`` over every frame (preprocessing done beforehand)."""
-    seconds, per_frame_ms = common.time_ort_model_only(model, frames)
+    seconds, per_frame_ms = common.time_ort_model_only(model, frames, threads=threads)
     return seconds * len(frames) / max(len(per_frame_ms), 1)  # the warm-up frames are not timed
 
 
@@ -89,13 +92,17 @@ def main() -> int:
     frames = decode_all(video)
     frame_count = len(frames)
     have_ultralytics = not args.skip_ultralytics and importable("ultralytics")
-    runs: dict[str, list[float]] = {"ort_model_only": [], "vistream_no_video": [], "vistream_video": []}
+    runs: dict[str, list[float]] = {
+        "ort_model_only": [], "ort_model_only_1_thread": [], "vistream_no_video": [],
+        "vistream_video": [],
+    }
     if have_ultralytics:
         runs["ultralytics_track"] = []
     extras: dict[str, Any] = {}
 
     configurations: dict[str, Callable[[], float]] = {
         "ort_model_only": lambda: time_ort_model_only(model, frames),
+        "ort_model_only_1_thread": lambda: time_ort_model_only(model, frames, 1),
         "vistream_no_video": lambda: _vistream(video, False, args.out, extras),
         "vistream_video": lambda: _vistream(video, True, args.out, extras),
     }
@@ -112,6 +119,7 @@ def main() -> int:
             )
 
     fps = {name: frame_count / statistics.median(seconds) for name, seconds in runs.items()}
+    # Overhead against inference with the same (default) threads as the detect stage.
     model_s = statistics.median(runs["ort_model_only"])
     no_video_s = statistics.median(runs["vistream_no_video"])
     from engine.resources import machine_description

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from engine.frame import Batch
+from engine.metrics import percentiles_ms
 
 #: Names of the non-stage segments, in the order they happen to a frame.
 WAIT_SEGMENTS = ("batch_fill", "queue")
@@ -233,20 +234,9 @@ def decompose(timeline: Timeline) -> dict[str, np.ndarray]:
 
 
 def percentiles(values_ms: np.ndarray) -> dict[str, Any]:
-    """count, mean, p50, p95, p99 and max of a latency sample, in ms (count 0 when empty)."""
+    """count, mean, p50, p95, p99 and max of a latency sample, in ms, ignoring NaN gaps."""
     values = np.asarray(values_ms, dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return {"count": 0}
-    p50, p95, p99 = np.percentile(values, [50, 95, 99])
-    return {
-        "count": int(values.size),
-        "mean_ms": round(float(values.mean()), 3),
-        "p50_ms": round(float(p50), 3),
-        "p95_ms": round(float(p95), 3),
-        "p99_ms": round(float(p99), 3),
-        "max_ms": round(float(values.max()), 3),
-    }
+    return percentiles_ms(values[np.isfinite(values)])
 
 
 def check_sum(segments: dict[str, np.ndarray], reference_ms: np.ndarray | None = None) -> dict[str, Any]:

@@ -98,6 +98,7 @@ class RtspCamera:
             if line.startswith("READY"):
                 return time.monotonic()
             self._process.wait(timeout=5)
+            self._process.stdout.close()
             self._process = None
             if time.monotonic() > deadline:
                 raise RuntimeError(f"RTSP test camera could not listen on port {self.port}")
@@ -109,6 +110,8 @@ class RtspCamera:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self._process.pid, signal.SIGKILL)
             self._process.wait(timeout=10)
+            if self._process.stdout is not None:
+                self._process.stdout.close()
             self._process = None
 
     def pause(self) -> None:
