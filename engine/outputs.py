@@ -9,8 +9,7 @@ from pathlib import Path
 from engine.errors import SinkError
 from engine.pipeline import Pipeline
 from engine.sinks import JsonlSink, MotSink, VideoSink
-from engine.sinks.base import Sink
-from engine.sinks.mot import SOURCE_PLACEHOLDER
+from engine.sinks.base import SOURCE_PLACEHOLDER, Sink
 
 
 @dataclass

@@ -22,25 +22,12 @@ import numpy as np
 from engine.errors import SinkError
 from engine.frame import OBJECTS_LAYER, Batch, Frame
 from engine.serialize import has_track_id
+from engine.sinks.base import SOURCE_PLACEHOLDER, next_source_path
 from engine.stage import Context
 
 logger = logging.getLogger(__name__)
 
 #: Placeholder in an output path replaced by the source id, for one file per source.
-SOURCE_PLACEHOLDER = "{source_id}"
-
-
-def source_output_path(path: Path, source_id: str, run: int = 1) -> Path:
-    """Return the file of one source's ``run``-th stream for an output path.
-
-    ``{source_id}`` in ``path`` becomes the source id; a source that restarts after its end
-    of stream (``run`` 2, 3, ...) gets ``name-2.ext``, ``name-3.ext``, so a finished file is
-    never overwritten or mixed with the next stream's.
-    """
-    resolved = Path(str(path).replace(SOURCE_PLACEHOLDER, source_id))
-    if run > 1:
-        resolved = resolved.with_name(f"{resolved.stem}-{run}{resolved.suffix}")
-    return resolved
 
 
 def mot_lines(frame: Frame, layer: str = OBJECTS_LAYER) -> str:
@@ -142,16 +129,8 @@ class MotSink:
         file = self._files.get(source_id)
         if file is not None:
             return file
-        if SOURCE_PLACEHOLDER not in str(self.path):
-            owner = next((known for known in self._runs if known != source_id), None)
-            if owner is not None:
-                raise SinkError(
-                    f"MOT output {self.path} already holds source {owner!r}; frames of "
-                    f"{source_id!r} need their own file: put {SOURCE_PLACEHOLDER} in the path, "
-                    f"e.g. {self.path.with_name(SOURCE_PLACEHOLDER + self.path.suffix)}"
-                )
         run = self._runs.get(source_id, 0) + 1
-        path = source_output_path(self.path, source_id, run)
+        path = next_source_path(self.path, source_id, run, self._runs, what="MOT output")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             file = path.open("w", encoding="utf-8", newline="\n")

@@ -35,7 +35,7 @@ from av.video.stream import VideoStream
 
 from engine.errors import SinkError
 from engine.frame import Batch, Frame
-from engine.sinks.mot import SOURCE_PLACEHOLDER, source_output_path
+from engine.sinks.base import next_source_path
 from engine.stage import Context
 
 logger = logging.getLogger(__name__)
@@ -182,16 +182,8 @@ class VideoSink:
 
     def _start(self, frame: Frame) -> _VideoFile:
         source_id = frame.source_id
-        if SOURCE_PLACEHOLDER not in str(self.path):
-            owner = next((known for known in self._runs if known != source_id), None)
-            if owner is not None:
-                raise SinkError(
-                    f"video output {self.path} already holds source {owner!r}; frames of "
-                    f"{source_id!r} need their own file: put {SOURCE_PLACEHOLDER} in the path, "
-                    f"e.g. {self.path.with_name(SOURCE_PLACEHOLDER + self.path.suffix)}"
-                )
         run = self._runs.get(source_id, 0) + 1
-        path = source_output_path(self.path, source_id, run)
+        path = next_source_path(self.path, source_id, run, self._runs, what="video output")
         height, width = _bgr_array(frame.canvas if frame.canvas is not None else frame.image).shape[:2]
         rate = Fraction(self._source_fps(source_id)).limit_denominator(1001)
         fragmented = path.suffix.lower() in _FRAGMENTED_SUFFIXES
