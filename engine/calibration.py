@@ -195,7 +195,6 @@ class Calibration:
         size = document["image_size"]
         if not isinstance(size, dict) or set(size) != {"width", "height"}:
             raise CalibrationError(f"{where}: image_size must be {{width: W, height: H}}, got {size!r}")
-        mask = document.get("mask")
         return cls(
             camera=document["camera"],
             image_width=size["width"],
@@ -203,7 +202,7 @@ class Calibration:
             image_points=document["points"],
             width_m=document["width_m"],
             length_m=document["length_m"],
-            mask=None if mask is None else mask,
+            mask=document.get("mask"),
             notes=document.get("notes") or "",
             path=path,
         )
