@@ -43,6 +43,7 @@ class BenchOptions:
         out_dir: Where bench.json, bench.md, the plots and the run's outputs go.
         streams: Stream counts to run, one configuration each.
         batch_size: Overrides the pipeline's batch size.
+        workers: Overrides the pipeline's workers (batches in concurrent stages at once).
         duration_s: Stop each configuration this long after its first output.
         frames: Stop each configuration after this many frames per stream.
         device: Overrides the pipeline's device.
@@ -60,6 +61,7 @@ class BenchOptions:
     out_dir: Path
     streams: tuple[int, ...] = (1,)
     batch_size: int | None = None
+    workers: int | None = None
     duration_s: float | None = None
     frames: int | None = None
     device: str | None = None
@@ -112,6 +114,8 @@ def bench_pipeline(options: BenchOptions) -> dict[str, Any]:
         spec = replace(spec, device=options.device)
     if options.batch_size is not None:
         spec = replace(spec, batch_size=options.batch_size)
+    if options.workers is not None:
+        spec = replace(spec, workers=options.workers)
     sweep = len(options.streams) > 1
     kind = source_kind(options.source)
     live = options.live or (sweep and kind == "file")
@@ -156,6 +160,7 @@ def bench_pipeline(options: BenchOptions) -> dict[str, Any]:
         "source": options.source,
         "device": spec.device,
         "batch_size": spec.batch_size,
+        "workers": spec.workers,
         "live": live,
         "replay_fps": options.fps,
         "warmup_frames_per_stream": options.warmup_frames,
@@ -182,6 +187,8 @@ def _validate(options: BenchOptions) -> None:
         raise ConfigError(f"--frames: expected a positive integer, got {options.frames}")
     if options.batch_size is not None and options.batch_size < 1:
         raise ConfigError(f"--batch: expected a positive integer, got {options.batch_size}")
+    if options.workers is not None and options.workers < 1:
+        raise ConfigError(f"--workers: expected a positive integer, got {options.workers}")
     if options.fps is not None and not options.fps > 0:
         raise ConfigError(f"--fps: expected a positive number, got {options.fps}")
     if options.warmup_frames < 0:
@@ -355,6 +362,9 @@ def add_subcommand(subparsers: Any) -> None:
         help="N streams, or a sweep like 1,2,4,8 (files are then replayed live)",
     )
     parser.add_argument("--batch", type=int, default=None, help="frames per stage call")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="batches in concurrent stages (detect) at once"
+    )
     limit = parser.add_mutually_exclusive_group()
     limit.add_argument("--duration", type=float, default=None, help="seconds per configuration")
     limit.add_argument("--frames", type=int, default=None, help="frames per stream")
@@ -398,6 +408,7 @@ def _pipeline_command(args: argparse.Namespace) -> int:
         out_dir=args.out,
         streams=args.streams,
         batch_size=args.batch,
+        workers=args.workers,
         duration_s=args.duration,
         frames=args.frames,
         device=args.device,

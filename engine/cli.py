@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default=None, help="cpu, cuda or cuda:N (overrides the pipeline)")
     run.add_argument("--batch-size", type=int, default=None, help="frames per stage call")
     run.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="batches in the leading concurrent stages (detect) at once (overrides the pipeline)",
+    )
+    run.add_argument(
         "--max-wait-ms",
         type=float,
         default=None,
@@ -180,6 +186,10 @@ def _run_command(args: argparse.Namespace) -> int:
         spec = replace(spec, batch_size=args.batch_size)
     if args.max_wait_ms is not None:
         spec = replace(spec, max_wait_ms=args.max_wait_ms)
+    if args.workers is not None:
+        if args.workers < 1:
+            raise ConfigError(f"--workers: expected a positive integer, got {args.workers}")
+        spec = replace(spec, workers=args.workers)
     if args.max_frames is not None and args.max_frames < 1:
         raise ConfigError(f"--max-frames: expected a positive integer, got {args.max_frames}")
     if not args.status_interval_s > 0:

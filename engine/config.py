@@ -10,6 +10,7 @@ Format::
     device: cpu                      # cpu | cuda | cuda:N
     batch_size: 1                    # frames per stage call (all sources together)
     max_wait_ms: 20                  # an incomplete batch waits this long for more frames
+    workers: 1                       # batches in the leading concurrent stages (detect) at once
     on_error: fail                   # fail | skip (skip the batch, count it, go on)
     stages:
       - stage: detect                # entry-point name or package.module:Class
@@ -58,7 +59,9 @@ __all__ = [
 #: Directory of the pipelines that ship with the engine (chosen by name: `--pipeline traffic`).
 PIPELINES_DIR = Path(__file__).parent / "pipelines"
 
-_TOP_LEVEL_KEYS = {"source", "sources", "device", "batch_size", "max_wait_ms", "on_error", "stages"}
+_TOP_LEVEL_KEYS = {
+    "source", "sources", "device", "batch_size", "max_wait_ms", "workers", "on_error", "stages"
+}
 _ERROR_POLICIES = ("fail", "skip")
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -106,6 +109,7 @@ class PipelineSpec:
         sources: Default sources when the command line gives none.
         config_dir: Directory of the YAML file (relative paths resolve against it).
         max_wait_ms: How long an incomplete batch waits for more frames.
+        workers: Batches run at once through the leading concurrent stages.
     """
 
     stages: list[StageSpec]
@@ -115,6 +119,7 @@ class PipelineSpec:
     sources: tuple[SourceSpec, ...] = ()
     config_dir: Path = Path(".")
     max_wait_ms: float = 20.0
+    workers: int = 1
 
     @property
     def source(self) -> str | None:
@@ -187,6 +192,9 @@ def parse_pipeline(document: Any, *, config_dir: Path) -> PipelineSpec:
     max_wait_ms = _expect(document.get("max_wait_ms", 20.0), (int, float), "max_wait_ms")
     if max_wait_ms < 0:
         raise ConfigError(f"max_wait_ms: expected a number >= 0, got {max_wait_ms}")
+    workers = _expect(document.get("workers", 1), int, "workers")
+    if workers < 1:
+        raise ConfigError(f"workers: expected a positive integer, got {workers}")
     if "source" in document and "sources" in document:
         raise ConfigError("give either 'source' or 'sources', not both")
     entries: list[Any] = []
@@ -213,6 +221,7 @@ def parse_pipeline(document: Any, *, config_dir: Path) -> PipelineSpec:
         sources=sources,
         config_dir=config_dir,
         max_wait_ms=float(max_wait_ms),
+        workers=workers,
     )
 
 

@@ -12,6 +12,10 @@ raised when the run is over, after every other source was processed and every ou
 finalized. A supervised (reconnecting) source ends a *segment* at each loss: its stages get
 ``end_of_stream`` (trackers restart), its sinks keep writing, and the first frame of the next
 segment carries a ``source_reconnected`` event.
+
+With ``workers`` > 1 the leading stages that declare ``concurrent = True`` (``detect``) run
+on that many threads, batches ahead of the rest (:mod:`engine.run_ahead`); the other stages
+and the sinks still see every batch in order, on the calling thread.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +35,7 @@ from engine.config import PipelineSpec
 from engine.errors import ConfigError, EngineError, SourceError
 from engine.frame import Batch, SourceInfo
 from engine.metrics import RunMetrics
+from engine.run_ahead import RunAhead, StageRun, run_stages
 from engine.sinks.base import Sink
 from engine.sources.base import Source
 from engine.sources.uri import mask_credentials
@@ -94,6 +99,8 @@ class Pipeline:
         observers: Told about every stage call and output (benchmarks use this).
         max_wait_ms: How long an incomplete batch waits for more frames.
         drain_timeout_s: After a stop request, how long queued frames are still processed.
+        workers: Batches run at once through the leading ``concurrent`` stages (1: no
+            overlap; see :mod:`engine.run_ahead`).
     """
 
     def __init__(
@@ -108,6 +115,7 @@ class Pipeline:
         observers: Sequence[PipelineObserver] = (),
         max_wait_ms: float = 20.0,
         drain_timeout_s: float = 10.0,
+        workers: int = 1,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size: expected a positive integer, got {batch_size}")
@@ -117,6 +125,8 @@ class Pipeline:
             raise ConfigError(f"max_wait_ms: expected a number >= 0, got {max_wait_ms}")
         if not drain_timeout_s >= 0:
             raise ConfigError(f"drain_timeout_s: expected a number >= 0, got {drain_timeout_s}")
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ConfigError(f"workers: expected a positive integer, got {workers!r}")
         self.stages = list(stages)
         self.batch_size = batch_size
         self.on_error = on_error
@@ -126,6 +136,7 @@ class Pipeline:
         self.observers = list(observers)
         self.max_wait_ms = float(max_wait_ms)
         self.drain_timeout_s = float(drain_timeout_s)
+        self.workers = workers
         self.metrics = RunMetrics()
         #: Per source id, its facts and state; filled as the run opens its sources.
         self.sources: dict[str, SourceState] = {}
@@ -150,6 +161,7 @@ class Pipeline:
             device=spec.device,
             config_dir=spec.config_dir,
             max_wait_ms=spec.max_wait_ms,
+            workers=spec.workers,
             **options,
         )
 
@@ -228,7 +240,9 @@ class Pipeline:
                 self.metrics.update_source(
                     info.source_id, state="down" if _supervised(feed) else "up", frames_in=0, frames_dropped=0
                 )
-            context = Context(device=self.device, sources=self._infos, config_dir=self.config_dir)
+            context = Context(
+                device=self.device, sources=self._infos, config_dir=self.config_dir, workers=self.workers
+            )
             for named in self.stages:
                 # Registered before open() so a stage that fails halfway through opening
                 # still gets the chance to release what it had allocated.
@@ -251,8 +265,16 @@ class Pipeline:
             )
             stack.callback(batcher.close)
             batcher.start()
-            for item in batcher:
+            items: Iterable[Batch | StageRun | Marker] = batcher
+            ahead_stages = self.ahead_stages()
+            if ahead_stages:
+                ahead = RunAhead(batcher, ahead_stages, workers=self.workers, stop=self._stop)
+                stack.callback(ahead.close)
+                items = ahead
+            for item in items:
                 if isinstance(item, Batch):
+                    self._process(StageRun(item), sinks, on_batch)
+                elif isinstance(item, StageRun):
                     self._process(item, sinks, on_batch)
                 else:
                     self._handle_marker(item, sinks, failures)
@@ -267,6 +289,17 @@ class Pipeline:
                 + "; ".join(f"{source_id}: {error}" for source_id, error in failures)
             )
         return self.metrics
+
+    def ahead_stages(self) -> list[NamedStage]:
+        """The leading ``concurrent`` stages that run ahead on the workers (none with 1 worker)."""
+        if self.workers == 1:
+            return []
+        leading: list[NamedStage] = []
+        for named in self.stages:
+            if not getattr(named.stage, "concurrent", False):
+                break
+            leading.append(named)
+        return leading
 
     def _finish_metrics(self) -> None:
         self._update_source_metrics()
@@ -323,24 +356,21 @@ class Pipeline:
         for sink in sinks:
             sink.end_of_stream(source_id)
 
-    def _process(self, batch: Batch, sinks: Sequence[Sink], on_batch: Callable[[Batch], None] | None) -> None:
+    def _process(self, run: StageRun, sinks: Sequence[Sink], on_batch: Callable[[Batch], None] | None) -> None:
+        """Run the stages ``run`` has not been through yet, then the sinks."""
         if self._pending_events:
-            for frame in batch:
+            for frame in run.batch:
                 events = self._pending_events.pop(frame.source_id, None)
                 if events:
                     frame.events[:0] = events
-        for named in self.stages:
-            started_ns = time.monotonic_ns()
-            try:
-                batch = named.stage(batch)
-            except Exception as error:
-                self._handle_stage_error(named.name, batch, error)
-                break
-            finally:
-                finished_ns = time.monotonic_ns()
-                self.metrics.record_stage(named.name, finished_ns - started_ns, len(batch))
-                for observer in self.observers:
-                    observer.on_stage(named.name, batch, started_ns, finished_ns)
+        run_stages(run, self.stages[run.stages_done :])
+        batch = run.batch
+        for timing in run.timings:
+            self.metrics.record_stage(timing.stage_name, timing.finished_ns - timing.started_ns, timing.frames)
+            for observer in self.observers:
+                observer.on_stage(timing.stage_name, batch, timing.started_ns, timing.finished_ns)
+        if run.error is not None and run.failed_stage is not None:
+            self._handle_stage_error(run.failed_stage, batch, run.error)
         for sink in sinks:
             sink.write(batch)
         written_ns = time.monotonic_ns()

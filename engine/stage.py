@@ -23,11 +23,15 @@ class Context:
         device: Where tensors and models live: ``"cpu"`` or ``"cuda"``/``"cuda:N"``.
         sources: Facts about every source of the run, keyed by ``source_id``.
         config_dir: Directory of the pipeline YAML (relative paths were resolved against it).
+        workers: How many batches a ``concurrent`` stage may be given at once (one per
+            thread); a stage sizes its own thread use by it, e.g. ``detect`` gives each
+            model call ``cores // workers`` threads.
     """
 
     device: str = "cpu"
     sources: Mapping[str, SourceInfo] = field(default_factory=dict)
     config_dir: Path = Path(".")
+    workers: int = 1
 
 
 @runtime_checkable
@@ -54,9 +58,14 @@ class BaseStage:
         draws: True for stages that only paint on ``Frame.canvas``. The pipeline leaves them
             out when no video is written (``--no-video``), so drawing never costs throughput
             that nobody sees.
+        concurrent: True for stages that keep no state from one batch to the next and may
+            be called on several batches at once from different threads. When such stages
+            lead the pipeline and ``workers`` > 1, they run ahead of the others on that many
+            threads (:mod:`engine.run_ahead`). Trackers and anything per-source must not.
     """
 
     draws: ClassVar[bool] = False
+    concurrent: bool = False  # a stage may decide in open(), e.g. by its backend
 
     def open(self, context: Context) -> None:
         """Do nothing; override to load models or allocate state."""

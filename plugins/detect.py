@@ -12,6 +12,11 @@ or any run on a ``cuda`` device, take the torch path — letterbox with kornia, 
 model with a dynamic batch axis gets the whole batch (several sources included) in one
 call; a fixed-batch model is run chunk by chunk, transparently.
 
+With a thread-safe backend (ONNX Runtime) the stage is ``concurrent``: a pipeline with
+``workers: N`` calls it on N batches at once from N threads (:mod:`engine.run_ahead`), and
+each call then gets ``cores // N`` inference threads unless ``threads`` says otherwise.
+Scratch buffers are per thread for that reason.
+
 Defaults follow Ultralytics ``predict`` (``conf=0.25``, ``iou=0.7``, ``max_det=300``, one
 class per box, per-class NMS, letterbox padded with grey 114), so detections can be compared
 one to one with ``model.predict(...)`` on the same frames. Note that ``model.track(...)``
@@ -26,7 +31,9 @@ from __future__ import annotations
 
 import ast
 import logging
+import os
 import re
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -83,7 +90,8 @@ class YoloDetector(BaseStage):
         agnostic_nms: Suppress overlapping boxes across classes too.
         threads: CPU threads for inference (ONNX Runtime ``intra_op_num_threads``; for
             PyTorch models ``torch.set_num_threads``, which is process-wide); None lets the
-            runtime choose.
+            runtime choose (every core), or gives ``cores // workers`` to each call when the
+            pipeline runs several at once.
         imgsz: Letterbox size for models whose input size is dynamic (default: the size in
             their metadata); must equal the input size of a fixed-size model.
         half: Run a PyTorch model in float16 (CUDA only; ONNX/TensorRT models carry their
@@ -156,10 +164,10 @@ class YoloDetector(BaseStage):
         self._input_hw = (0, 0)
         self._input_dtype = np.dtype(np.float32)
         self._fixed_batch: int | None = None
-        self._buffer = np.empty((0, 3, 0, 0), np.float32)
+        # Preprocessing buffers, one set per thread (the stage may run on several at once).
+        self._scratch = threading.local()
         self._output_checked = False
         self._torch_device: str | None = None  # set on cuda runs: every batch takes the torch path
-        self._torch_buffer: Any = None
 
     @property
     def names(self) -> list[str]:
@@ -192,7 +200,10 @@ class YoloDetector(BaseStage):
             ModelError: The model is missing, unreadable or not a YOLO detector.
             ConfigError: A name in ``classes`` is not one of the model's classes.
         """
-        options: dict[str, Any] = {"intra_op_num_threads": self.threads}
+        threads = self.threads
+        if threads is None and context.workers > 1:
+            threads = max(1, len(os.sched_getaffinity(0)) // context.workers)
+        options: dict[str, Any] = {"intra_op_num_threads": threads}
         if self.half:
             options["half"] = True
         options.update(self.backend_options)
@@ -205,6 +216,9 @@ class YoloDetector(BaseStage):
             backend.close()
             raise
         self._backend = backend
+        # ONNX Runtime sessions may run from several threads at once; the TensorRT context
+        # and CUDA graphs may not, so other backends keep the calls one at a time.
+        self.concurrent = bool(getattr(backend, "thread_safe", False))
         logger.info(
             "detect: %s, input %dx%d, %d classes%s, %s batch, on %s",
             self.model.name,
@@ -289,11 +303,11 @@ class YoloDetector(BaseStage):
         self._input_dtype = np.dtype(image_input.dtype)
         self._fixed_batch = image_input.shape[0]
         self._output_checked = channels is not None
-        self._buffer = np.empty((self._fixed_batch or 1, 3, *self._input_hw), np.float32)
 
     def _warm_up(self, backend: InferenceBackend) -> None:
         # The first run allocates and plans memory; pay it here, not on the first frame.
-        blob: Any = np.full(self._buffer.shape, _PAD_VALUE / 255, self._input_dtype)
+        shape = (self._fixed_batch or 1, 3, *self._input_hw)
+        blob: Any = np.full(shape, _PAD_VALUE / 255, self._input_dtype)
         if self._torch_device is not None:
             import torch
 
@@ -318,10 +332,12 @@ class YoloDetector(BaseStage):
         return output
 
     def _preprocess_numpy(self, images: list[Any], rows: int) -> tuple[np.ndarray, list[Any]]:
-        if self._buffer.shape[0] < rows:
-            self._buffer = np.empty((rows, 3, *self._input_hw), np.float32)
-        _, infos = letterbox_batch(images, self._input_hw, pad_value=_PAD_VALUE, out=self._buffer)
-        return self._buffer, infos
+        buffer = getattr(self._scratch, "numpy", None)
+        if buffer is None or buffer.shape[0] < rows or buffer.shape[2:] != self._input_hw:
+            buffer = np.empty((rows, 3, *self._input_hw), np.float32)
+            self._scratch.numpy = buffer
+        _, infos = letterbox_batch(images, self._input_hw, pad_value=_PAD_VALUE, out=buffer)
+        return buffer, infos
 
     def _preprocess_torch(self, images: list[Any], rows: int) -> tuple[Any, list[Any]]:
         import torch
@@ -333,10 +349,10 @@ class YoloDetector(BaseStage):
             self._torch_device or (first.device if isinstance(first, torch.Tensor) else "cpu")
         )
         dtype = torch.float16 if self._input_dtype == np.float16 else torch.float32
-        buffer = self._torch_buffer
+        buffer = getattr(self._scratch, "torch", None)
         if buffer is None or buffer.shape[0] < rows or buffer.device != device or buffer.dtype != dtype:
             buffer = torch.empty((rows, 3, *self._input_hw), dtype=dtype, device=device)
-            self._torch_buffer = buffer
+            self._scratch.torch = buffer
         _, infos = letterbox_batch_torch(
             images, self._input_hw, device=device, pad_value=_PAD_VALUE, dtype=dtype, out=buffer
         )

@@ -81,7 +81,13 @@ class OnnxRuntimeBackend:
 
     Raises:
         ConfigError: The device or a thread count is malformed.
+
+    Attributes:
+        thread_safe: :meth:`run` may be called from several threads at once (ONNX Runtime
+            documents ``InferenceSession.run`` as thread-safe).
     """
+
+    thread_safe = True
 
     def __init__(
         self,
