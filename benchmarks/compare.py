@@ -5,6 +5,9 @@ NMS IoU 0.7), same classes (car, truck, bus, motorcycle), same camera calibratio
 
 - ``vistream``: the shipped ``traffic`` pipeline (detect + ByteTrack + homography speed),
   drawing stages off, writing its JSONL events and MOT tracks (as ``vistream run --no-video``);
+  as shipped, two detect calls run at once (``workers: 2``, one inference thread each);
+- ``vistream_1_worker``: the same with ``workers: 1`` (one detect call at a time, on every
+  core): what running detection ahead buys, and what it costs in per-frame latency;
 - ``ultralytics``: ``solutions.SpeedEstimator`` (which runs ``YOLO(model).track(...,
   tracker="bytetrack.yaml", persist=True)`` on each frame) fed by ``cv2.VideoCapture``, as in
   Ultralytics' speed-estimation guide, headless; ``meter_per_pixel`` from the calibration;
@@ -46,7 +49,7 @@ from typing import Any
 import common  # noqa: E402  (puts the repository root on sys.path)
 import numpy as np
 
-TOOLS = ("vistream", "ultralytics", "ultralytics_track", "supervision", "ort")
+TOOLS = ("vistream", "vistream_1_worker", "ultralytics", "ultralytics_track", "supervision", "ort")
 VEHICLES = ("car", "truck", "bus", "motorcycle")
 CONFIDENCE = 0.25
 IOU = 0.7
@@ -66,7 +69,11 @@ def _class_ids(names: dict[int, str]) -> list[int]:
     return [index for index, name in names.items() if name in VEHICLES]
 
 
-def child_vistream(video: Path, frames: int, warmup: int, out: Path, draw: bool) -> dict[str, Any]:
+def child_vistream(
+    video: Path, frames: int, warmup: int, out: Path, draw: bool, workers: int | None = None
+) -> dict[str, Any]:
+    from dataclasses import replace
+
     from engine.config import load_pipeline
     from engine.outputs import open_outputs
     from engine.pipeline import Pipeline
@@ -74,6 +81,8 @@ def child_vistream(video: Path, frames: int, warmup: int, out: Path, draw: bool)
     from engine.timeline import TimelineRecorder, decompose
 
     spec = load_pipeline("traffic")
+    if workers is not None:
+        spec = replace(spec, workers=workers)
     pipeline = Pipeline.from_spec(spec, with_drawing=draw)
     recorder = TimelineRecorder([named.name for named in pipeline.stages])
     pipeline.observers.append(recorder)
@@ -277,6 +286,8 @@ def run_child_tool(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.child == "vistream":
         result = child_vistream(args.video, args.frames, args.warmup, args.out, args.video_out)
+    elif args.child == "vistream_1_worker":
+        result = child_vistream(args.video, args.frames, args.warmup, args.out, args.video_out, workers=1)
     elif args.child == "ultralytics":
         result = child_ultralytics(args.video, args.model, args.frames, args.warmup, args.out, args.video_out)
     elif args.child == "ultralytics_track":
@@ -386,6 +397,7 @@ def compare(
 
 _DESCRIPTIONS = {
     "vistream": "vistream `traffic` (detect + track + speed, JSONL + MOT out)",
+    "vistream_1_worker": "vistream `traffic` with `workers: 1` (one detect call at a time)",
     "ultralytics": "Ultralytics `solutions.SpeedEstimator` (per-frame `track`, bytetrack.yaml)",
     "ultralytics_track": "Ultralytics `YOLO.track(video, stream=True)` alone (reference, no speed)",
     "supervision": "supervision speed example (YOLO + zone + trackers ByteTrack + ViewTransformer)",

@@ -58,6 +58,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"- machine: {_machine_line(report)}",
         f"- device {report['device']}, batch size {report['batch_size']}, "
+        f"{report.get('workers', 1)} worker(s) for the leading concurrent stages, "
         f"stages {' -> '.join(report['stages'])}, "
         + (
             "live replay" + (f" at {report['replay_fps']:g} fps" if report.get("replay_fps") else "")
@@ -224,7 +225,7 @@ def _reference_result(report: dict[str, Any], results: Sequence[Any]) -> Any:
 def _title(report: dict[str, Any], streams: int) -> str:
     return (
         f"{Path(report['pipeline']).name} on {Path(report['source']).name}, {streams} stream(s), "
-        f"{report['device']}, batch {report['batch_size']}"
+        f"{report['device']}, batch {report['batch_size']}, workers {report.get('workers', 1)}"
     )
 
 

@@ -26,7 +26,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -240,15 +240,16 @@ class Pipeline:
                 self.metrics.update_source(
                     info.source_id, state="down" if _supervised(feed) else "up", frames_in=0, frames_dropped=0
                 )
-            context = Context(
-                device=self.device, sources=self._infos, config_dir=self.config_dir, workers=self.workers
-            )
+            context = Context(device=self.device, sources=self._infos, config_dir=self.config_dir)
+            ahead_stages = self.ahead_stages()
             for named in self.stages:
                 # Registered before open() so a stage that fails halfway through opening
                 # still gets the chance to release what it had allocated.
                 stack.callback(_close_quietly, f"stage '{named.name}'", named.stage.close)
                 try:
-                    named.stage.open(context)
+                    named.stage.open(
+                        replace(context, workers=self.workers) if named in ahead_stages else context
+                    )
                 except EngineError as error:
                     raise type(error)(f"stage '{named.name}': {error}") from error
             for sink in sinks:
@@ -266,7 +267,6 @@ class Pipeline:
             stack.callback(batcher.close)
             batcher.start()
             items: Iterable[Batch | StageRun | Marker] = batcher
-            ahead_stages = self.ahead_stages()
             if ahead_stages:
                 ahead = RunAhead(batcher, ahead_stages, workers=self.workers, stop=self._stop)
                 stack.callback(ahead.close)
@@ -356,7 +356,9 @@ class Pipeline:
         for sink in sinks:
             sink.end_of_stream(source_id)
 
-    def _process(self, run: StageRun, sinks: Sequence[Sink], on_batch: Callable[[Batch], None] | None) -> None:
+    def _process(
+        self, run: StageRun, sinks: Sequence[Sink], on_batch: Callable[[Batch], None] | None
+    ) -> None:
         """Run the stages ``run`` has not been through yet, then the sinks."""
         if self._pending_events:
             for frame in run.batch:
@@ -366,7 +368,8 @@ class Pipeline:
         run_stages(run, self.stages[run.stages_done :])
         batch = run.batch
         for timing in run.timings:
-            self.metrics.record_stage(timing.stage_name, timing.finished_ns - timing.started_ns, timing.frames)
+            elapsed_ns = timing.finished_ns - timing.started_ns
+            self.metrics.record_stage(timing.stage_name, elapsed_ns, timing.frames)
             for observer in self.observers:
                 observer.on_stage(timing.stage_name, batch, timing.started_ns, timing.finished_ns)
         if run.error is not None and run.failed_stage is not None:

@@ -96,8 +96,9 @@ class RunAhead:
     """Runs ``stages`` on the batches of ``items`` on ``workers`` threads, ahead of the caller.
 
     Iterating yields, in input order, a :class:`StageRun` per batch (the stages done, or the
-    one that failed) and every marker untouched. At most ``workers`` batches run or wait
-    finished beyond the one the caller holds, so memory and latency stay bounded.
+    one that failed) and every marker untouched. Besides the batch the caller holds, at most
+    ``workers + 1`` are in the stages or finished and waiting (``workers`` queued for the
+    caller, one more submitted by the feeder while it waits for room), so memory stays bounded.
 
     Args:
         items: Batches and markers, e.g. a :class:`engine.batching.Batcher`.
@@ -117,7 +118,6 @@ class RunAhead:
     ) -> None:
         self._items = items
         self._stages = list(stages)
-        self._workers = workers
         self._stop = stop
         self._join_timeout_s = join_timeout_s
         self._closing = threading.Event()
@@ -144,9 +144,9 @@ class RunAhead:
         """The feeder thread: submit each batch as it comes, hand everything over in order."""
         try:
             for item in self._items:
-                entry: object = (
-                    self._pool.submit(run_stages, StageRun(item), self._stages) if isinstance(item, Batch) else item
-                )
+                entry: object = item  # a marker goes through as it is
+                if isinstance(item, Batch):
+                    entry = self._pool.submit(run_stages, StageRun(item), self._stages)
                 if not self._hand_over(entry):
                     return
         except BaseException as error:  # a bug in the batcher: the caller raises it

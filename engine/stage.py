@@ -23,9 +23,10 @@ class Context:
         device: Where tensors and models live: ``"cpu"`` or ``"cuda"``/``"cuda:N"``.
         sources: Facts about every source of the run, keyed by ``source_id``.
         config_dir: Directory of the pipeline YAML (relative paths were resolved against it).
-        workers: How many batches a ``concurrent`` stage may be given at once (one per
-            thread); a stage sizes its own thread use by it, e.g. ``detect`` gives each
-            model call ``cores // workers`` threads.
+        workers: How many batches this stage will be given at once, one per thread (more
+            than 1 only for leading ``concurrent`` stages of a pipeline with ``workers``); a
+            stage sizes its own thread use by it, e.g. ``detect`` gives each model call
+            ``cores // workers`` threads.
     """
 
     device: str = "cpu"
@@ -65,7 +66,7 @@ class BaseStage:
     """
 
     draws: ClassVar[bool] = False
-    concurrent: bool = False  # a stage may decide in open(), e.g. by its backend
+    concurrent: ClassVar[bool] = False
 
     def open(self, context: Context) -> None:
         """Do nothing; override to load models or allocate state."""

@@ -12,10 +12,12 @@ or any run on a ``cuda`` device, take the torch path — letterbox with kornia, 
 model with a dynamic batch axis gets the whole batch (several sources included) in one
 call; a fixed-batch model is run chunk by chunk, transparently.
 
-With a thread-safe backend (ONNX Runtime) the stage is ``concurrent``: a pipeline with
-``workers: N`` calls it on N batches at once from N threads (:mod:`engine.run_ahead`), and
-each call then gets ``cores // N`` inference threads unless ``threads`` says otherwise.
-Scratch buffers are per thread for that reason.
+The stage is ``concurrent``: a pipeline with ``workers: N`` calls it on N batches at once
+from N threads (:mod:`engine.run_ahead`), and each call then gets ``cores // N`` inference
+threads unless ``threads`` says otherwise. Scratch buffers are per thread for that reason.
+ONNX Runtime sessions run from several threads at once; the other backends (a TensorRT
+execution context, CUDA graphs) may not, so their model calls take turns under a lock while
+pre- and post-processing still overlap.
 
 Defaults follow Ultralytics ``predict`` (``conf=0.25``, ``iou=0.7``, ``max_det=300``, one
 class per box, per-class NMS, letterbox padded with grey 114), so detections can be compared
@@ -35,6 +37,7 @@ import os
 import re
 import threading
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +106,8 @@ class YoloDetector(BaseStage):
         ConfigError: An argument is out of range or of the wrong type.
     """
 
+    concurrent = True  # stateless between batches; buffers per thread, backend calls guarded
+
     def __init__(
         self,
         *,
@@ -166,6 +171,7 @@ class YoloDetector(BaseStage):
         self._fixed_batch: int | None = None
         # Preprocessing buffers, one set per thread (the stage may run on several at once).
         self._scratch = threading.local()
+        self._backend_turn: AbstractContextManager[Any] = nullcontext()
         self._output_checked = False
         self._torch_device: str | None = None  # set on cuda runs: every batch takes the torch path
 
@@ -216,9 +222,7 @@ class YoloDetector(BaseStage):
             backend.close()
             raise
         self._backend = backend
-        # ONNX Runtime sessions may run from several threads at once; the TensorRT context
-        # and CUDA graphs may not, so other backends keep the calls one at a time.
-        self.concurrent = bool(getattr(backend, "thread_safe", False))
+        self._backend_turn = nullcontext() if getattr(backend, "thread_safe", False) else threading.Lock()
         logger.info(
             "detect: %s, input %dx%d, %d classes%s, %s batch, on %s",
             self.model.name,
@@ -327,7 +331,8 @@ class YoloDetector(BaseStage):
     def _infer(self, backend: InferenceBackend, blob: Any) -> Any:
         if isinstance(blob, np.ndarray) and self._input_dtype != blob.dtype:
             blob = blob.astype(self._input_dtype)
-        output = backend.run({self._input_name: blob})[self._output_name]
+        with self._backend_turn:
+            output = backend.run({self._input_name: blob})[self._output_name]
         self._check_output(output)
         return output
 

@@ -113,6 +113,8 @@ def _pipeline(tmp_path: Path, stages: str) -> Path:
     return path
 
 
+_DETECT_STAGE = "  - stage: detect\n    model: {model}\n"
+
 BAD_INPUTS = {
     "missing file": (lambda tmp: ["/nonexistent/video.mp4"], "not found"),
     "text file renamed .mp4": (lambda tmp: [str(_text_renamed_mp4(tmp))], "notes.mp4"),
@@ -124,11 +126,11 @@ BAD_INPUTS = {
         lambda tmp: ["{video}", "--pipeline", str(_pipeline(tmp, "  - stage: track\n    buffer: 3\n"))],
         "stages[0] (track): unexpected argument 'buffer'"),
     "missing model": (
-        lambda tmp: ["{video}", "--pipeline", str(_pipeline(tmp, "  - stage: detect\n    model: nope.onnx\n"))],
+        lambda tmp: ["{video}", "--pipeline", str(_pipeline(tmp, _DETECT_STAGE.format(model="nope.onnx")))],
         "model file not found"),
     "onnx that is not a yolo detector": (
         lambda tmp: ["{video}", "--pipeline", str(_pipeline(
-            tmp, f"  - stage: detect\n    model: {SHARED_DIR}/models/emotion_mini_xception_fer2013_7cls.onnx\n"))],
+            tmp, _DETECT_STAGE.format(model=SHARED_DIR / "models/emotion_mini_xception_fer2013_7cls.onnx")))],
         "not an Ultralytics YOLO detector"),
 }
 
@@ -168,7 +170,8 @@ def test_ffprobe_accepts_the_annotated_video(tmp_path: Path, highway_video: Path
     if shutil.which("ffprobe") is None:
         pytest.skip("ffprobe not installed")
     out = tmp_path / "short"
-    assert vistream("run", str(highway_video), "--out", str(out), "--max-frames", "30", "--quiet").returncode == 0
+    run = vistream("run", str(highway_video), "--out", str(out), "--max-frames", "30", "--quiet")
+    assert run.returncode == 0
     probe = subprocess.run(
         ["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_frames", "-show_entries",
          "stream=codec_name,nb_read_frames,avg_frame_rate", "-of", "json", str(out / "annotated.mp4")],

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from engine.config import parse_pipeline
-from engine.errors import ConfigError, EngineError
+from engine.errors import ConfigError
 from engine.frame import Batch, Frame
 from engine.pipeline import NamedStage, Pipeline
 from engine.sources import open_source
@@ -94,8 +94,13 @@ def test_frames_reach_later_stages_and_sinks_in_order() -> None:
 
 def test_one_worker_or_no_leading_concurrent_stage_runs_nothing_ahead() -> None:
     assert _pipeline(SlowConcurrentStage(), workers=1).ahead_stages() == []
-    # Only *leading* concurrent stages run ahead: order matters for what follows.
-    assert _pipeline(ProbeStage(), SlowConcurrentStage()).ahead_stages() == []
+    # Only *leading* concurrent stages run ahead: order matters for what follows. A concurrent
+    # stage behind a stateful one is called one batch at a time and is told so.
+    behind = SlowConcurrentStage()
+    pipeline = _pipeline(ProbeStage(), behind)
+    assert pipeline.ahead_stages() == []
+    pipeline.run(ListSource(6), [MemorySink()])
+    assert behind.workers_seen == 1 and behind.most_at_once == 1
     journal: list[str] = []
     sink = MemorySink()
     _pipeline(ProbeStage(journal=journal), OrderStage(journal), workers=3).run(ListSource(5), [sink])
@@ -107,7 +112,7 @@ def test_source_ends_stay_after_their_frames_with_several_sources() -> None:
     pipeline = _pipeline(SlowConcurrentStage(), OrderStage(journal), batch_size=2, max_wait_ms=1)
     pipeline.run([ListSource(7, source_id="a"), ListSource(30, source_id="b")], [MemorySink()])
     for source_id, count in (("a", 7), ("b", 30)):
-        mine = [entry for entry in journal if entry.startswith(f"{source_id} ") or entry == f"eos {source_id}"]
+        mine = [entry for entry in journal if entry.split()[0] == source_id or entry == f"eos {source_id}"]
         assert mine == [f"{source_id} {index}" for index in range(count)] + [f"eos {source_id}"]
 
 
@@ -152,7 +157,9 @@ def test_a_stop_request_ends_the_run_cleanly() -> None:
     assert frame_indices(sink.frames) == list(range(len(sink.frames)))
 
 
-@pytest.mark.parametrize(("value", "match"), [(0, "expected a positive integer"), ("two", "expected int"), (True, "expected int")])
+@pytest.mark.parametrize(
+    ("value", "match"), [(0, "expected a positive integer"), ("two", "expected int"), (True, "expected int")]
+)
 def test_workers_is_validated(value: object, match: str) -> None:
     document = {"workers": value, "stages": [{"stage": "track"}]}
     with pytest.raises(ConfigError, match=f"workers: {match}"):
@@ -170,18 +177,43 @@ def test_workers_is_read_from_yaml() -> None:
 # --------------------------------------------------------------------------- real model
 
 
-def _run_detect(video: Path, workers: int, frames: int) -> tuple[list[Frame], YoloDetector]:
+class _NotThreadSafe:
+    """Wraps a real backend, says it is not thread-safe, and counts calls that overlap."""
+
+    thread_safe = False
+
+    def __init__(self, backend: object) -> None:
+        self._backend = backend
+        self._lock = threading.Lock()
+        self._running = 0
+        self.most_at_once = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._backend, name)
+
+    def run(self, inputs: dict[str, object]) -> dict[str, object]:
+        with self._lock:
+            self._running += 1
+            self.most_at_once = max(self.most_at_once, self._running)
+        try:
+            return self._backend.run(inputs)  # type: ignore[attr-defined]
+        finally:
+            with self._lock:
+                self._running -= 1
+
+
+def _run_detect(video: Path, workers: int, frames: int) -> tuple[list[Frame], Pipeline]:
     detector = YoloDetector(model=shared_path("models/yolo11n_fp32_320.onnx"))
     sink = MemorySink()
     pipeline = Pipeline([NamedStage("detect", detector)], workers=workers)
     pipeline.run(open_source(str(video), source_id="highway"), [sink], max_frames=frames)
-    return sink.frames, detector
+    return sink.frames, pipeline
 
 
 def test_detect_on_two_workers_gives_the_same_detections(highway_video: Path) -> None:
     serial, _ = _run_detect(highway_video, workers=1, frames=40)
-    ahead, detector = _run_detect(highway_video, workers=2, frames=40)
-    assert detector.concurrent, "ONNX Runtime sessions are thread-safe: detect should run ahead"
+    ahead, pipeline = _run_detect(highway_video, workers=2, frames=40)
+    assert [named.name for named in pipeline.ahead_stages()] == ["detect"]
     assert frame_indices(ahead) == frame_indices(serial) == list(range(40))
     for one, other in zip(serial, ahead, strict=True):
         a, b = one.layers["objects"], other.layers["objects"]
@@ -189,3 +221,21 @@ def test_detect_on_two_workers_gives_the_same_detections(highway_video: Path) ->
         np.testing.assert_allclose(a.xyxy, b.xyxy, atol=1e-3)
         np.testing.assert_allclose(a.confidence, b.confidence, atol=1e-5)
     assert sum(len(frame.layers["objects"]) for frame in ahead) > 40  # cars were found
+
+
+def test_a_backend_that_is_not_thread_safe_is_called_one_at_a_time(
+    highway_video: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import plugins.detect
+
+    wrapped: list[_NotThreadSafe] = []
+    real_load = plugins.detect.load_backend
+
+    def load_not_thread_safe(*args: object, **kwargs: object) -> _NotThreadSafe:
+        wrapped.append(_NotThreadSafe(real_load(*args, **kwargs)))
+        return wrapped[-1]
+
+    monkeypatch.setattr(plugins.detect, "load_backend", load_not_thread_safe)
+    frames, _ = _run_detect(highway_video, workers=2, frames=30)
+    assert frame_indices(frames) == list(range(30))
+    assert wrapped[0].most_at_once == 1
