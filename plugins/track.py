@@ -4,7 +4,10 @@ Convention:
     - Reads and rewrites one detection layer (``layer``). The output keeps EVERY input
       detection, in the input order, with every column (``mask``, ``confidence``,
       ``class_id``, ``data``) unchanged; only ``tracker_id`` is set.
-    - ``tracker_id`` is an ``int`` array; track ids start at 1 per source, and
+    - ``tracker_id`` is an ``int`` array; track ids start at 1 per source and never repeat
+      within a source during a run: when a source restarts (a camera reconnects), its
+      tracker starts afresh but numbers its tracks after the highest id of the previous
+      segment, so one camera's MOT file and events never give one id to two objects.
       :data:`engine.serialize.NO_TRACK_ID` (-1) means "no id": a detection below
       ``low_conf_det_threshold``, one that matched no track, or one whose track is not yet
       confirmed (fewer than ``minimum_consecutive_frames`` consecutive matches).
@@ -61,6 +64,8 @@ class _SourceTrack:
     tracker: ByteTrackTracker
     frame_period_s: float
     last_timestamp_s: float | None = None
+    id_offset: int = 0  # highest id given out in this source's earlier segments
+    highest_id: int = 0  # highest id given out so far, offset included
 
 
 def _check_fraction(name: str, value: float) -> float:
@@ -135,11 +140,14 @@ class ByteTrackStage(BaseStage):
             )
         self._context = Context()
         self._sources: dict[str, _SourceTrack] = {}
+        # Per source, the highest id of its ended segments: a restart numbers on from here.
+        self._id_offsets: dict[str, int] = {}
 
     def open(self, context: Context) -> None:
         """Remember the sources' frame rates; trackers are created on each source's first frame."""
         self._context = context
         self._sources.clear()
+        self._id_offsets.clear()
 
     def __call__(self, batch: Batch) -> Batch:
         """Track the layer of every frame, in batch order (frames of a source come in order)."""
@@ -148,12 +156,15 @@ class ByteTrackStage(BaseStage):
         return batch
 
     def end_of_stream(self, source_id: str) -> None:
-        """Forget the source's tracker: a restarted source gets ids from 1 again."""
-        self._sources.pop(source_id, None)
+        """Forget the source's tracker; a restart numbers its new tracks after the old ones."""
+        state = self._sources.pop(source_id, None)
+        if state is not None:
+            self._id_offsets[source_id] = state.highest_id
 
     def close(self) -> None:
         """Drop every tracker."""
         self._sources.clear()
+        self._id_offsets.clear()
 
     def _source(self, source_id: str) -> _SourceTrack:
         state = self._sources.get(source_id)
@@ -175,7 +186,10 @@ class ByteTrackStage(BaseStage):
                 minimum_iou_threshold=self.minimum_iou_threshold,
                 high_conf_det_threshold=self.high_conf_det_threshold,
             )
-            state = _SourceTrack(tracker=tracker, frame_period_s=1.0 / float(fps))
+            offset = self._id_offsets.get(source_id, 0)
+            state = _SourceTrack(
+                tracker=tracker, frame_period_s=1.0 / float(fps), id_offset=offset, highest_id=offset
+            )
             self._sources[source_id] = state
         return state
 
@@ -218,5 +232,7 @@ class ByteTrackStage(BaseStage):
         if len(tracked) > 0:
             ids = np.asarray(tracked.tracker_id, dtype=int)
             # trackers counts ids from 0; ids from 1 match ultralytics and MOTChallenge.
-            tracker_id[tracked.data[_INDEX_KEY]] = np.where(ids >= 0, ids + 1, NO_TRACK_ID)
+            numbered = np.where(ids >= 0, ids + 1 + state.id_offset, NO_TRACK_ID)
+            tracker_id[tracked.data[_INDEX_KEY]] = numbered
+            state.highest_id = max(state.highest_id, int(numbered.max()))
         return dataclasses.replace(detections, tracker_id=tracker_id, data=dict(detections.data))

@@ -391,3 +391,43 @@ def test_metrics_endpoint_and_status_line_report_the_same_numbers() -> None:
     assert line.startswith(f"{metrics.frames_out['live'] / metrics.wall_s():.1f} fps")
     assert f"live: ended, {metrics.frames_out['live'] / metrics.wall_s():.1f} fps, age p50" in line
     assert f"dropped {metrics.frames_dropped['live']}, queue 0, reconnects 0" in line
+
+
+class StaticBoxes(ProbeStage):
+    """A stand-in detector: the same two cars on every frame."""
+
+    def __call__(self, batch):  # noqa: ANN001, ANN204
+        from tests.helpers import make_detections
+
+        for frame in batch:
+            frame.layers["objects"] = make_detections([[4, 4, 20, 20], [30, 10, 50, 30]])
+        return batch
+
+
+def test_track_ids_never_repeat_across_reconnects_in_the_mot_file(tmp_path: Path) -> None:
+    from engine.sinks.mot import MotSink
+    from plugins.track import ByteTrackStage
+
+    source = scripted(
+        ScriptedSource(frames=8, then="error", pts_start_ns=0),
+        ScriptedSource(frames=8, then="eos", pts_start_ns=0),
+        ScriptedSource(frames=8, then="hang", pts_start_ns=0),
+    )
+    mot = MotSink(tmp_path / "tracks.txt")
+    pipeline = Pipeline([NamedStage("detect", StaticBoxes()), NamedStage("track", ByteTrackStage())])
+
+    def stop_after_three_segments(batch) -> None:  # noqa: ANN001
+        if batch[-1].index == 23:
+            pipeline.request_stop()
+
+    pipeline.run(Feed(source, frame_policy="all"), [mot], on_batch=stop_after_three_segments)
+    rows = [line.split(",") for line in (tmp_path / "tracks.txt").read_text().splitlines()]
+    frames_by_id: dict[int, list[int]] = {}
+    for row in rows:
+        frames_by_id.setdefault(int(row[1]), []).append(int(row[0]))
+    # Each segment restarts the tracker (two new tracks), numbered after the previous ones;
+    # no id spans two segments (frames 1-8, 9-16, 17-24 in the file).
+    assert sorted(frames_by_id) == [1, 2, 3, 4, 5, 6]
+    for track_id, frames in frames_by_id.items():
+        segment = (track_id - 1) // 2
+        assert all(segment * 8 < frame <= (segment + 1) * 8 for frame in frames), (track_id, frames)

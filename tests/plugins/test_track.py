@@ -71,17 +71,31 @@ def test_the_frame_gap_needs_the_timestamps() -> None:
     assert max(frames[-1].layers["objects"].tracker_id) > 3
 
 
-def test_end_of_stream_restarts_ids() -> None:
+def test_end_of_stream_restarts_tracks_without_reusing_ids() -> None:
     rng = np.random.default_rng(2)
     stage = _stage()
     before = [scene_frame(i, rng) for i in range(5)]
     stage(Batch.of(before))
+    assert set(before[-1].layers["objects"].tracker_id.tolist()) == {NO_TRACK_ID, 1, 2, 3}
     stage.end_of_stream("cam")
-    # The restarted source shows the objects elsewhere: new tracks, numbered from 1 again
-    # (a tracker that was not dropped would number them 4, 5, 6).
-    after = [scene_frame(i, rng, frame_position=40 + i) for i in range(5)]
+    # The same objects at the same places after a restart: a tracker that was kept would
+    # still call them 1, 2, 3. A fresh one makes new tracks, numbered after the old ids so
+    # the source's MOT file never gives one id to two objects.
+    after = [scene_frame(i, rng) for i in range(5)]
     stage(Batch.of(after))
-    assert set(after[-1].layers["objects"].tracker_id.tolist()) == {NO_TRACK_ID, 1, 2, 3}
+    assert set(after[-1].layers["objects"].tracker_id.tolist()) == {NO_TRACK_ID, 4, 5, 6}
+    # A segment that saw nothing keeps the numbering where it was.
+    stage.end_of_stream("cam")
+    stage(Batch.of([scene_frame(0, rng, missing=range(len(OBJECTS)))]))
+    stage.end_of_stream("cam")
+    again = [scene_frame(i, rng) for i in range(5)]
+    stage(Batch.of(again))
+    assert set(again[-1].layers["objects"].tracker_id.tolist()) == {NO_TRACK_ID, 7, 8, 9}
+    # A new run (open) numbers from 1 again.
+    stage.open(Context())
+    fresh = [scene_frame(i, rng) for i in range(5)]
+    stage(Batch.of(fresh))
+    assert set(fresh[-1].layers["objects"].tracker_id.tolist()) == {NO_TRACK_ID, 1, 2, 3}
 
 
 def test_sources_get_independent_trackers() -> None:
