@@ -125,6 +125,7 @@ BAD_INPUTS = {
     "wrong stage argument": (
         lambda tmp: ["{video}", "--pipeline", str(_pipeline(tmp, "  - stage: track\n    buffer: 3\n"))],
         "stages[0] (track): unexpected argument 'buffer'"),
+    "zero workers": (lambda tmp: ["{video}", "--workers", "0"], "--workers: expected a positive integer"),
     "missing model": (
         lambda tmp: ["{video}", "--pipeline", str(_pipeline(tmp, _DETECT_STAGE.format(model="nope.onnx")))],
         "model file not found"),
