@@ -224,7 +224,7 @@ class YoloDetector(BaseStage):
         self._backend = backend
         self._backend_turn = nullcontext() if getattr(backend, "thread_safe", False) else threading.Lock()
         logger.info(
-            "detect: %s, input %dx%d, %d classes%s, %s batch, on %s",
+            "detect: %s, input %dx%d, %d classes%s, %s batch, on %s, %d call(s) at once with %s",
             self.model.name,
             self._input_hw[1],
             self._input_hw[0],
@@ -232,6 +232,8 @@ class YoloDetector(BaseStage):
             f" (keeping {', '.join(self.classes)})" if self.classes else "",
             "dynamic" if self._fixed_batch is None else f"fixed {self._fixed_batch}",
             backend.device,
+            context.workers,
+            "the runtime's default threads" if threads is None else f"{threads} inference thread(s) each",
         )
 
     def _configure(self, backend: InferenceBackend) -> None:
