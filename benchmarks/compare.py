@@ -332,9 +332,40 @@ def compare(
     runs: dict[str, list[dict[str, Any]]] = {tool: [] for tool in tools}
     machine = machine_description()
     with busy_loops(busy_processes):
-        for round_index in range(repeats):
-            _run_round(round_index, video, model, tools, repeats, frames, warmup, out, draw, runs, log)
-    summary = _summarise(runs)
+        for round_index in range(repeats):  # each tool once per round, in a fresh process
+            order = tools[round_index % len(tools) :] + tools[: round_index % len(tools)]
+            for tool in order:
+                arguments = [
+                    __file__,
+                    "--child",
+                    tool,
+                    "--video",
+                    str(video),
+                    "--model",
+                    str(model),
+                    "--frames",
+                    str(frames),
+                    "--warmup",
+                    str(warmup),
+                    "--out",
+                    str(out / "runs" / tool),
+                ]
+                if draw:
+                    arguments.append("--video-out")
+                result = common.run_child(arguments)
+                latency = np.asarray(result.pop("latency_ms"), dtype=float)
+                capture = result.pop("capture_to_sink_ms", None)
+                p50, p95, p99 = np.percentile(latency, [50, 95, 99])
+                result.update(fps=result["frames"] / result["seconds"], p50_ms=p50, p95_ms=p95, p99_ms=p99)
+                if capture is not None:
+                    result["capture_to_sink_p50_ms"] = float(np.percentile(capture, 50))
+                runs[tool].append(result)
+                if log is not None:
+                    log(
+                        f"round {round_index + 1}/{repeats} {tool}: {result['fps']:.1f} fps, "
+                        f"p50 {p50:.1f} ms, peak RSS {result['peak_rss_mb']:.0f} MB, "
+                        f"ids {result['unique_ids']}"
+                    )
     return {
         "machine": machine,
         "video": video.name,
@@ -345,7 +376,7 @@ def compare(
         "busy_processes": busy_processes,
         "draw_and_write_video": draw,
         "thresholds": {"confidence": CONFIDENCE, "iou": IOU, "imgsz": IMGSZ, "classes": list(VEHICLES)},
-        "tools": summary,
+        "tools": _summarise(runs),
     }
 
 
@@ -359,54 +390,6 @@ def busy_loops(count: int) -> Iterator[None]:
         for loop in loops:
             loop.kill()
             loop.wait()
-
-
-def _run_round(
-    round_index: int,
-    video: Path,
-    model: Path,
-    tools: list[str],
-    repeats: int,
-    frames: int,
-    warmup: int,
-    out: Path,
-    draw: bool,
-    runs: dict[str, list[dict[str, Any]]],
-    log: Any,
-) -> None:
-    """One run of every tool, each in a fresh process, the order rotated per round."""
-    order = tools[round_index % len(tools) :] + tools[: round_index % len(tools)]
-    for tool in order:
-        arguments = [
-            __file__,
-            "--child",
-            tool,
-            "--video",
-            str(video),
-            "--model",
-            str(model),
-            "--frames",
-            str(frames),
-            "--warmup",
-            str(warmup),
-            "--out",
-            str(out / "runs" / tool),
-        ]
-        if draw:
-            arguments.append("--video-out")
-        result = common.run_child(arguments)
-        latency = np.asarray(result.pop("latency_ms"), dtype=float)
-        capture = result.pop("capture_to_sink_ms", None)
-        p50, p95, p99 = np.percentile(latency, [50, 95, 99])
-        result.update(fps=result["frames"] / result["seconds"], p50_ms=p50, p95_ms=p95, p99_ms=p99)
-        if capture is not None:
-            result["capture_to_sink_p50_ms"] = float(np.percentile(capture, 50))
-        runs[tool].append(result)
-        if log is not None:
-            log(
-                f"round {round_index + 1}/{repeats} {tool}: {result['fps']:.1f} fps, "
-                f"p50 {p50:.1f} ms, peak RSS {result['peak_rss_mb']:.0f} MB, ids {result['unique_ids']}"
-            )
 
 
 def _summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
