@@ -3,7 +3,7 @@
 A CPU model call uses the cores poorly at batch 1: splitting one small convolution across
 two threads costs synchronisation, and while the model runs, nothing else (tracking, JSON,
 the next decode) can. Two model calls on two frames at once, one thread each, get more frames
-through the same cores (YOLO11n at 320 on this 2-core machine: 204 fps against 176 for one
+through the same cores (YOLO11n at 320 on this 2-core machine: about 200 fps against 170 for one
 call on two threads). So the pipeline runs its *leading* stages that declare
 ``concurrent = True`` (stateless between batches, safe on several threads, e.g. ``detect``)
 on ``workers`` threads, batches ahead of the rest, while the main thread runs the remaining,
