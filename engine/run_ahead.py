@@ -2,13 +2,15 @@
 
 A CPU model call uses the cores poorly at batch 1: splitting one small convolution across
 two threads costs synchronisation, and while the model runs, nothing else (tracking, JSON,
-the next decode) can. Two model calls on two frames at once, one thread each, get more frames
-through the same cores (YOLO11n at 320 on this 2-core machine: about 200 fps against 170 for one
-call on two threads), and on a busy machine a call split over cores stalls whenever one of
-its threads loses its core, where one-thread calls go on independently. So the pipeline runs its *leading* stages that declare
-``concurrent = True`` (stateless between batches, safe on several threads, e.g. ``detect``)
-on ``workers`` threads, batches ahead of the rest, while the main thread runs the remaining,
-stateful stages (tracking needs frames in order) and the sinks on finished batches, in order.
+the next decode) can. Two model calls on two frames at once, one thread each, get more
+frames through the same cores (YOLO11n at 320 on this 2-core machine: about 200 fps against
+170 for one call on two threads). On a busy machine a call split over cores also stalls
+whenever one of its threads loses its core, where one-thread calls go on independently.
+
+So the pipeline runs its *leading* stages that declare ``concurrent = True`` (stateless
+between batches, safe on several threads, e.g. ``detect``) on ``workers`` threads, batches
+ahead of the rest, while the main thread runs the remaining, stateful stages (tracking needs
+frames in order) and the sinks on finished batches, in order.
 
 :class:`RunAhead` keeps the order of everything it is given: batches come out as
 :class:`StageRun` in the order they went in, and markers (source segments starting and
