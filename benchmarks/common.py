@@ -85,7 +85,7 @@ def time_ort_model_only(
     """
     import onnxruntime as ort
 
-    from engine.ops import letterbox, to_model_input
+    from engine.ops.cpu import letterbox, to_model_input
 
     options = ort.SessionOptions()
     if threads is not None:
@@ -105,9 +105,9 @@ def time_ort_model_only(
 
 def peak_rss_mb() -> float:
     """This process's resident-memory high-water mark, in MB (see
-    :func:`engine.resources.peak_rss_mb`: not ``ru_maxrss``, which a child inherits from its
+    :func:`engine.metrics.resources.peak_rss_mb`: not ``ru_maxrss``, which a child inherits from its
     parent across ``exec`` on Linux)."""
-    from engine.resources import peak_rss_mb as peak
+    from engine.metrics.resources import peak_rss_mb as peak
 
     return peak()
 
@@ -156,7 +156,7 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, ali
 
 
 def machine_line(machine: dict[str, Any]) -> str:
-    """One line describing the machine (see :func:`engine.resources.machine_description`)."""
+    """One line describing the machine (see :func:`engine.metrics.resources.machine_description`)."""
     memory = f", {machine['memory_gb']} GB RAM" if "memory_gb" in machine else ""
     load = f", load average {machine['load_average'][0]} at the start" if "load_average" in machine else ""
     return (
@@ -167,6 +167,6 @@ def machine_line(machine: dict[str, Any]) -> str:
 
 def load_pyplot() -> Any:
     """pyplot for headless use, or None; import it before any GStreamer pipeline runs."""
-    from engine.bench_report import load_pyplot as load
+    from engine.cli.bench.report import load_pyplot as load
 
     return load()

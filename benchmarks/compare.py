@@ -69,7 +69,7 @@ IMGSZ = 320
 
 
 def _calibration() -> Any:
-    from engine.calibration import Calibration
+    from engine.geometry.calibration import Calibration
 
     return Calibration.load(common.REPO_ROOT / "calibrations" / "highway_overpass.yaml")
 
@@ -81,17 +81,15 @@ def _class_ids(names: dict[int, str]) -> list[int]:
 def child_vistream(
     video: Path, frames: int, warmup: int, out: Path, draw: bool, workers: int | None = None
 ) -> dict[str, Any]:
-    from dataclasses import replace
 
     from engine.config import load_pipeline
-    from engine.outputs import open_outputs
+    from engine.metrics.timeline import TimelineRecorder, decompose
     from engine.pipeline import Pipeline
+    from engine.sinks.outputs import open_outputs
     from engine.sources import open_source
-    from engine.timeline import TimelineRecorder, decompose
 
     spec = load_pipeline("traffic")
-    if workers is not None:
-        spec = replace(spec, workers=workers)
+    spec = spec.override(workers=workers)
     pipeline = Pipeline.from_spec(spec, with_drawing=draw)
     recorder = TimelineRecorder([named.name for named in pipeline.stages])
     pipeline.observers.append(recorder)
@@ -327,7 +325,7 @@ def compare(
     log: Any = None,
 ) -> dict[str, Any]:
     """Run every tool ``repeats`` times, alternating, and summarise (medians, ratios)."""
-    from engine.resources import machine_description
+    from engine.metrics.resources import machine_description
 
     runs: dict[str, list[dict[str, Any]]] = {tool: [] for tool in tools}
     machine = machine_description()

@@ -52,7 +52,7 @@ def time_ort_two_at_once(model: Path, frames: list[Any]) -> float:
 
     import onnxruntime as ort
 
-    from engine.ops import letterbox, to_model_input
+    from engine.ops.cpu import letterbox, to_model_input
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
@@ -76,16 +76,14 @@ def time_vistream(
     video: Path, *, write_video: bool, out_dir: Path, workers: int | None = None
 ) -> tuple[float, dict[str, Any]]:
     """Seconds for a full `vistream run` (default pipeline) through the same code as the CLI."""
-    from dataclasses import replace
 
     from engine.config import load_pipeline
-    from engine.outputs import open_outputs
     from engine.pipeline import Pipeline
+    from engine.sinks.outputs import open_outputs
     from engine.sources import open_source
 
     spec = load_pipeline("default")
-    if workers is not None:
-        spec = replace(spec, workers=workers)
+    spec = spec.override(workers=workers)
     pipeline = Pipeline.from_spec(spec, with_drawing=write_video)
     outputs = open_outputs(out_dir, pipeline, write_video=write_video)
     source = open_source(str(video), source_id="bench")
@@ -126,7 +124,7 @@ def main() -> int:
     model = args.model or args.shared / common.DEFAULT_MODEL
     os.environ.setdefault("VISTREAM_MODELS", str(model.parent))
     offline_ultralytics()  # Ultralytics must never try to download anything here
-    load_pyplot()  # before any GStreamer pipeline runs (see engine.bench_report.load_pyplot)
+    load_pyplot()  # before any GStreamer pipeline runs (see engine.cli.bench.report.load_pyplot)
     args.out.mkdir(parents=True, exist_ok=True)
 
     frames = decode_all(video)
@@ -168,7 +166,7 @@ def main() -> int:
     no_video_s = statistics.median(runs["vistream_no_video"])
     model_1_worker_s = statistics.median(runs["ort_model_only"])
     no_video_1_worker_s = statistics.median(runs["vistream_no_video_1_worker"])
-    from engine.resources import machine_description
+    from engine.metrics.resources import machine_description
 
     report = {
         "machine": machine_description(),

@@ -39,7 +39,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from engine.emotion_threshold import model_to_dataset_names, parse_label_map, read_labels  # noqa: E402
+from engine.cli.emotion_threshold import model_to_dataset_names, parse_label_map, read_labels  # noqa: E402
 from engine.frame import Batch, Frame  # noqa: E402
 from engine.stage import Context  # noqa: E402
 from plugins.align import FaceAligner  # noqa: E402

@@ -1,7 +1,7 @@
 """YOLO11n throughput per batch size: bare model vs the ``detect`` stage, ONNX and PyTorch.
 
 Builds YOLO11n from ``yolo11n.yaml`` offline (random weights: speed does not depend on
-them), exports a dynamic-batch ONNX at ``--imgsz``, and runs :mod:`engine.bench_model` on
+them), exports a dynamic-batch ONNX at ``--imgsz``, and runs :mod:`engine.cli.bench.model` on
 each requested format at each batch size. Every run writes ``model_bench.json`` and
 ``model_bench.png`` under ``--out/<format>/``; a Markdown table of images/s is printed.
 
@@ -41,8 +41,8 @@ def main() -> int:
     args = parser.parse_args()
     offline_ultralytics()
 
-    from engine.bench_model import ModelBenchOptions, bench_model, parse_batches, render_table
-    from engine.export import export_onnx, load_yolo
+    from engine.cli.bench.model import ModelBenchOptions, bench_model, parse_batches, render_table
+    from engine.cli.export.model import export_onnx, load_yolo
 
     video = default_shared() / DEFAULT_VIDEO
     source = video if video.is_file() else None

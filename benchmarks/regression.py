@@ -129,7 +129,7 @@ def _number(value: Any) -> str:
 
 def measure_pipeline(video: Path, out: Path, *, frames: int, repeats: int) -> dict[str, dict[str, Any]]:
     """Repeated `bench pipeline traffic` on the file: fps and latency figures."""
-    from engine.bench import BenchOptions, bench_pipeline
+    from engine.cli.bench.pipeline import BenchOptions, bench_pipeline
 
     runs = []
     for repeat in range(repeats):
@@ -165,7 +165,7 @@ def measure_pipeline(video: Path, out: Path, *, frames: int, repeats: int) -> di
 
 def measure_sweep(video: Path, out: Path, *, fps: float, duration_s: float) -> dict[str, dict[str, Any]]:
     """A short live sweep: cameras per machine at ``fps``."""
-    from engine.bench import BenchOptions, bench_pipeline
+    from engine.cli.bench.pipeline import BenchOptions, bench_pipeline
 
     options = BenchOptions(
         pipeline="traffic",
@@ -247,7 +247,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     skip = {part.strip() for part in args.skip.split(",") if part.strip()}
 
-    from engine.resources import machine_description
+    from engine.metrics.resources import machine_description
 
     started = time.monotonic()
     machine = machine_description()

@@ -139,17 +139,17 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "out" / "soak")
     options = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    plt = load_pyplot()  # before GStreamer loads its plugins (see engine.bench_report)
-    from engine.cli import limit_malloc_arenas
+    plt = load_pyplot()  # before GStreamer loads its plugins (see engine.cli.bench.report)
+    from engine.cli.run import limit_malloc_arenas
 
     if not options.default_malloc:
         limit_malloc_arenas()  # what `vistream run` does
 
-    from engine.batching import Feed
     from engine.config import load_pipeline
-    from engine.outputs import open_outputs
     from engine.pipeline import Pipeline
+    from engine.sinks.outputs import open_outputs
     from engine.sources import open_source
+    from engine.sources.base import Feed
     from engine.sources.replay import LiveReplaySource
 
     os.environ.setdefault("VISTREAM_SHARED", str(default_shared()))

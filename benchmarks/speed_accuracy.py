@@ -1,7 +1,7 @@
 """Speed accuracy against synthetic ground truth: error vs speed, box jitter, n and k, and
 calibration errors.
 
-Each scene is a synthetic road (:mod:`engine.synthetic_traffic`) seen by a camera like the
+Each scene is a synthetic road (:mod:`engine.sources.synthetic_traffic`) seen by a camera like the
 highway overpass video's (8 m above the median edge, looking down the carriageway at
 approaching traffic). Vehicles (cars, vans, trucks, motorcycles, all lanes) drive at known
 speeds from 20 to 150 km/h. Their ground-truth boxes go through the real stages: ``replay``
@@ -44,8 +44,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from engine.frame import Batch, Frame, SourceInfo  # noqa: E402
+from engine.sources.synthetic_traffic import CameraModel, RoadLayout, TrafficScene, Vehicle  # noqa: E402
 from engine.stage import Context  # noqa: E402
-from engine.synthetic_traffic import CameraModel, RoadLayout, TrafficScene, Vehicle  # noqa: E402
 from plugins.replay import ReplayDetector  # noqa: E402
 from plugins.speed import SpeedEstimator  # noqa: E402
 

@@ -24,38 +24,16 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.errors import ConfigError
 from engine.frame import Batch, Frame, SourceInfo
-from engine.sources.base import Source
+from engine.sources.base import Feed, SegmentedSource
 
 logger = logging.getLogger(__name__)
 
-FRAME_POLICIES = ("latest", "all")
 _POLL_S = 0.1  # how often a waiting thread re-checks for a stop
-
-
-@dataclass(frozen=True)
-class Feed:
-    """A source of the pipeline and how its frames are queued.
-
-    Attributes:
-        source: The source (not yet opened).
-        frame_policy: ``"latest"``, ``"all"``, or None for the default (``latest`` when the
-            source reports itself live, ``all`` otherwise).
-    """
-
-    source: Source
-    frame_policy: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.frame_policy is not None and self.frame_policy not in FRAME_POLICIES:
-            raise ConfigError(
-                f"frame_policy: expected one of {', '.join(FRAME_POLICIES)}, got {self.frame_policy!r}"
-            )
 
 
 @dataclass(frozen=True)
@@ -117,9 +95,8 @@ class FeedReader:
         self._thread = threading.Thread(
             target=self._run, name=f"vistream-reader-{self.source_id}", daemon=True
         )
-        subscribe = getattr(self.source, "subscribe", None)
-        if callable(subscribe):  # a supervised source: hear about its segments
-            subscribe(self)
+        if isinstance(self.source, SegmentedSource):  # a supervised source: hear about its segments
+            self.source.subscribe(self)
 
     def start(self) -> None:
         """Start reading."""
@@ -236,6 +213,8 @@ class Batcher:
         max_frames: Frames taken per source before that source is stopped; None for all.
         stop: Set to stop intake; what is queued is still delivered for ``drain_timeout_s``.
         drain_timeout_s: After a stop, how long queued frames are still delivered.
+        clock: Seconds, monotonic; what ``max_wait_ms`` and the drain timeout are measured
+            on (tests give a clock they control).
     """
 
     def __init__(
@@ -248,8 +227,10 @@ class Batcher:
         max_frames: int | None,
         stop: threading.Event,
         drain_timeout_s: float,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.readers = list(readers)
+        self._clock = clock
         self._condition = condition
         self.batch_size = batch_size
         self.max_wait_s = max_wait_ms / 1000.0
@@ -292,7 +273,7 @@ class Batcher:
         while True:
             self._stop_requested_readers()
             with self._condition:
-                if self._drain_deadline_s is not None and time.monotonic() > self._drain_deadline_s:
+                if self._drain_deadline_s is not None and self._clock() > self._drain_deadline_s:
                     if frames:
                         return Batch(frames)
                     self._discard_all("the drain timeout passed")
@@ -304,7 +285,7 @@ class Batcher:
                     return Batch(frames)
                 if all(reader.ended for reader in self.readers):
                     return Batch(frames) if frames else None
-                now_s = time.monotonic()
+                now_s = self._clock()
                 wait_s = _POLL_S
                 if frames:
                     first_frame_s = first_frame_s or now_s
@@ -357,7 +338,7 @@ class Batcher:
         """Stop readers that reached ``max_frames``, or all of them on a stop request
         (outside the lock: closing a source may take a moment)."""
         if self._stop.is_set() and self._drain_deadline_s is None:
-            self._drain_deadline_s = time.monotonic() + self._drain_timeout_s
+            self._drain_deadline_s = self._clock() + self._drain_timeout_s
             self._to_stop.extend(reader for reader in self.readers if not reader.stopping)
         while self._to_stop:
             reader = self._to_stop.pop()

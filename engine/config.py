@@ -31,19 +31,23 @@ import os
 import re
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from engine.checks import check_choice, check_int, check_number, check_str
+from engine.device import CPU, Device, parse_device
 from engine.errors import ConfigError, EngineError
 from engine.registry import resolve_stage
 from engine.sources.spec import SourceSpec, default_source_id, parse_sources
 from engine.stage import Stage
 
 __all__ = [
+    "ERROR_POLICIES",
     "PIPELINES_DIR",
+    "PipelineSettings",
     "PipelineSpec",
     "SourceSpec",
     "StageSpec",
@@ -59,10 +63,11 @@ __all__ = [
 #: Directory of the pipelines that ship with the engine (chosen by name: `--pipeline traffic`).
 PIPELINES_DIR = Path(__file__).parent / "pipelines"
 
-_TOP_LEVEL_KEYS = {
-    "source", "sources", "device", "batch_size", "max_wait_ms", "workers", "on_error", "stages"
-}
-_ERROR_POLICIES = ("fail", "skip")
+#: What a pipeline does when a stage raises: stop the run, or skip the batch and count it.
+ERROR_POLICIES = ("fail", "skip")
+
+_SETTING_KEYS = {"device", "batch_size", "max_wait_ms", "workers", "on_error"}
+_TOP_LEVEL_KEYS = {"source", "sources", "stages", *_SETTING_KEYS}
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -98,33 +103,95 @@ class StageSpec:
 
 
 @dataclass(frozen=True)
+class PipelineSettings:
+    """How a pipeline runs, validated once, here: whoever builds settings (a YAML file, a
+    command-line override, a test) gets the same checks, and the pipeline trusts them.
+
+    Attributes:
+        device: Where stages put models and tensors (a string is parsed by
+            :func:`engine.device.parse_device`).
+        batch_size: Most frames per stage call (frames of several sources share a batch).
+        on_error: ``"fail"`` (stop with an error; outputs are still finalized) or ``"skip"``
+            (send the failing batch on unprocessed, mark and count it).
+        max_wait_ms: How long an incomplete batch waits for more frames.
+        workers: Batches run at once through the leading concurrent stages.
+        drain_timeout_s: After a stop request, how long queued frames are still processed.
+        read_ahead_frames: Queue size per source under the ``all`` frame policy (at least
+            ``batch_size`` is used).
+    """
+
+    device: Device = CPU
+    batch_size: int = 1
+    on_error: str = "fail"
+    max_wait_ms: float = 20.0
+    workers: int = 1
+    drain_timeout_s: float = 10.0
+    read_ahead_frames: int = 8
+
+    def __post_init__(self) -> None:
+        # object.__setattr__: the dataclass is frozen, and these are normalizations of
+        # the values just given (a device string parsed, an int timeout made a float).
+        object.__setattr__(self, "device", parse_device(self.device))
+        check_int("batch_size", self.batch_size, low=1)
+        check_choice("on_error", self.on_error, ERROR_POLICIES)
+        object.__setattr__(self, "max_wait_ms", check_number("max_wait_ms", self.max_wait_ms, low=0))
+        check_int("workers", self.workers, low=1)
+        object.__setattr__(
+            self, "drain_timeout_s", check_number("drain_timeout_s", self.drain_timeout_s, low=0)
+        )
+        check_int("read_ahead_frames", self.read_ahead_frames, low=1)
+
+
+@dataclass(frozen=True)
 class PipelineSpec:
-    """A whole pipeline: where frames come from, how they are batched, and the stages.
+    """A whole pipeline: where frames come from, how it runs, and the stages.
 
     Attributes:
         stages: The stages, in order.
-        device: ``"cpu"`` or a CUDA device.
-        batch_size: Frames per stage call.
-        on_error: ``"fail"`` (stop with an error) or ``"skip"`` (count the batch as skipped).
+        settings: Device, batching, error policy, workers.
         sources: Default sources when the command line gives none.
         config_dir: Directory of the YAML file (relative paths resolve against it).
-        max_wait_ms: How long an incomplete batch waits for more frames.
-        workers: Batches run at once through the leading concurrent stages.
     """
 
     stages: list[StageSpec]
-    device: str = "cpu"
-    batch_size: int = 1
-    on_error: str = "fail"
+    settings: PipelineSettings = field(default_factory=PipelineSettings)
     sources: tuple[SourceSpec, ...] = ()
     config_dir: Path = Path(".")
-    max_wait_ms: float = 20.0
-    workers: int = 1
 
     @property
     def source(self) -> str | None:
         """The first source's URI, or None."""
         return self.sources[0].uri if self.sources else None
+
+    def override(self, *, from_cli: bool = False, **changes: Any) -> PipelineSpec:
+        """This spec with some settings replaced, validated like the YAML's own.
+
+        A value of None leaves that setting as it is, so command-line options that were not
+        given can be passed straight through: ``spec.override(workers=args.workers)``.
+
+        Args:
+            from_cli: Name a rejected value by its option (``--batch-size``) in the error.
+            changes: Setting name → new value (None: unchanged).
+
+        Raises:
+            ConfigError: An unknown setting, or a value the setting does not accept.
+        """
+        known = {item.name for item in fields(PipelineSettings)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ConfigError(f"unknown setting '{unknown[0]}' (expected {', '.join(sorted(known))})")
+        settings = self.settings
+        for name, value in changes.items():
+            if value is None:
+                continue
+            try:
+                settings = replace(settings, **{name: value})
+            except ConfigError as error:
+                if not from_cli:
+                    raise
+                option = "--" + name.replace("_", "-")
+                raise ConfigError(f"{option}{str(error).removeprefix(name)}") from error
+        return replace(self, settings=settings)
 
 
 def default_variables() -> dict[str, str]:
@@ -180,26 +247,12 @@ def parse_pipeline(document: Any, *, config_dir: Path) -> PipelineSpec:
     if not isinstance(stages_document, list) or not stages_document:
         raise ConfigError("'stages' must be a non-empty list")
     variables = default_variables()
-    device = _expect(document.get("device", "cpu"), str, "device")
-    if device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):
-        raise ConfigError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got '{device}'")
-    batch_size = _expect(document.get("batch_size", 1), int, "batch_size")
-    if batch_size < 1:
-        raise ConfigError(f"batch_size: expected a positive integer, got {batch_size}")
-    on_error = _expect(document.get("on_error", "fail"), str, "on_error")
-    if on_error not in _ERROR_POLICIES:
-        raise ConfigError(f"on_error: expected one of {', '.join(_ERROR_POLICIES)}, got '{on_error}'")
-    max_wait_ms = _expect(document.get("max_wait_ms", 20.0), (int, float), "max_wait_ms")
-    if max_wait_ms < 0:
-        raise ConfigError(f"max_wait_ms: expected a number >= 0, got {max_wait_ms}")
-    workers = _expect(document.get("workers", 1), int, "workers")
-    if workers < 1:
-        raise ConfigError(f"workers: expected a positive integer, got {workers}")
+    settings = PipelineSettings(**{key: document[key] for key in _SETTING_KEYS if key in document})
     if "source" in document and "sources" in document:
         raise ConfigError("give either 'source' or 'sources', not both")
     entries: list[Any] = []
     if document.get("source") is not None:
-        entries = [_expect(document["source"], str, "source")]
+        entries = [check_str("source", document["source"])]
     elif "sources" in document:
         entries = document["sources"]
         if not isinstance(entries, list) or not entries:
@@ -213,16 +266,7 @@ def parse_pipeline(document: Any, *, config_dir: Path) -> PipelineSpec:
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise ConfigError(f"stage name '{duplicates[0]}' is used twice; give one a 'name:'")
-    return PipelineSpec(
-        stages=stages,
-        device=device,
-        batch_size=batch_size,
-        on_error=on_error,
-        sources=sources,
-        config_dir=config_dir,
-        max_wait_ms=float(max_wait_ms),
-        workers=workers,
-    )
+    return PipelineSpec(stages=stages, settings=settings, sources=sources, config_dir=config_dir)
 
 
 def _expand_sources(entries: list[Any], variables: dict[str, str]) -> list[Any]:
@@ -241,8 +285,8 @@ def _parse_stage(position: int, entry: Any, config_dir: Path, variables: dict[st
     place = f"stages[{position}]"
     if not isinstance(entry, dict) or "stage" not in entry:
         raise ConfigError(f"{place}: expected a mapping with a 'stage' key")
-    stage_value = _expect(entry["stage"], str, f"{place}.stage")
-    name = _expect(entry.get("name", stage_value), str, f"{place}.name")
+    stage_value = check_str(f"{place}.stage", entry["stage"])
+    name = check_str(f"{place}.name", entry.get("name", stage_value))
     place = f"{place} ({name})"
     try:
         stage_class = resolve_stage(stage_value)
@@ -375,10 +419,3 @@ def _expand(text: str, variables: dict[str, str], where: str) -> str:
 
     return _VARIABLE.sub(replace, text)
 
-
-def _expect(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-        names = " or ".join("number" if k is float else k.__name__ for k in kinds)
-        raise ConfigError(f"{where}: expected {names}, got {value!r}")
-    return value

@@ -23,6 +23,9 @@ import supervision as sv
 #: The layer that object detectors write and trackers read by default.
 OBJECTS_LAYER = "objects"
 
+#: ``Detections.tracker_id`` of a detection that has no track (yet).
+NO_TRACK_ID = -1
+
 
 @dataclass(frozen=True)
 class SourceInfo:

@@ -30,29 +30,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine.batching import Batcher, Feed, FeedReader, Marker, SegmentEnded, SegmentStarted, SourceEnded
-from engine.config import PipelineSpec
+from engine.batching import Batcher, FeedReader, Marker, SegmentEnded, SegmentStarted, SourceEnded
+from engine.checks import check_optional_int
+from engine.config import PipelineSettings, PipelineSpec
 from engine.errors import ConfigError, EngineError, SourceError
 from engine.frame import Batch, SourceInfo
-from engine.metrics import RunMetrics
+from engine.metrics.run import RunMetrics
 from engine.run_ahead import RunAhead, StageRun, run_stages
 from engine.sinks.base import Sink
-from engine.sources.base import Source
+from engine.sources.base import Feed, SegmentedSource, Source
 from engine.sources.uri import mask_credentials
-from engine.stage import Context, Stage
+from engine.stage import Context, NamedStage
 
 logger = logging.getLogger(__name__)
-
-ERROR_POLICIES = ("fail", "skip")
-
-
-@dataclass(frozen=True)
-class NamedStage:
-    """A constructed stage and the name metrics and summaries know it by."""
-
-    name: str
-    stage: Stage
-
 
 class PipelineObserver(Protocol):
     """Sees every stage call and every batch output, e.g. to record per-frame timelines.
@@ -89,54 +79,24 @@ class Pipeline:
 
     Args:
         stages: The stages in order, with their names.
-        batch_size: Most frames per stage call (frames of several sources share a batch).
-        on_error: ``"fail"`` stops the run at the first stage error (outputs are still
-            finalized); ``"skip"`` sends the failing batch on to the sinks unprocessed, marks
-            its frames ``skipped_reason`` and counts them.
-        device: Device given to stages in their :class:`Context`.
+        settings: Device, batching, error policy, workers, drain timeout (validated when
+            they were made; see :class:`engine.config.PipelineSettings`).
         config_dir: Directory relative paths were resolved against.
-        read_ahead_frames: Queue size per source under the ``all`` frame policy.
         observers: Told about every stage call and output (benchmarks use this).
-        max_wait_ms: How long an incomplete batch waits for more frames.
-        drain_timeout_s: After a stop request, how long queued frames are still processed.
-        workers: Batches run at once through the leading ``concurrent`` stages (1: no
-            overlap; see :mod:`engine.run_ahead`).
     """
 
     def __init__(
         self,
         stages: Sequence[NamedStage],
+        settings: PipelineSettings | None = None,
         *,
-        batch_size: int = 1,
-        on_error: str = "fail",
-        device: str = "cpu",
         config_dir: Path = Path("."),
-        read_ahead_frames: int = 8,
         observers: Sequence[PipelineObserver] = (),
-        max_wait_ms: float = 20.0,
-        drain_timeout_s: float = 10.0,
-        workers: int = 1,
     ) -> None:
-        if batch_size < 1:
-            raise ConfigError(f"batch_size: expected a positive integer, got {batch_size}")
-        if on_error not in ERROR_POLICIES:
-            raise ConfigError(f"on_error: expected one of {', '.join(ERROR_POLICIES)}, got '{on_error}'")
-        if not max_wait_ms >= 0:
-            raise ConfigError(f"max_wait_ms: expected a number >= 0, got {max_wait_ms}")
-        if not drain_timeout_s >= 0:
-            raise ConfigError(f"drain_timeout_s: expected a number >= 0, got {drain_timeout_s}")
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ConfigError(f"workers: expected a positive integer, got {workers!r}")
         self.stages = list(stages)
-        self.batch_size = batch_size
-        self.on_error = on_error
-        self.device = device
+        self.settings = settings if settings is not None else PipelineSettings()
         self.config_dir = config_dir
-        self.read_ahead_frames = max(read_ahead_frames, batch_size)
         self.observers = list(observers)
-        self.max_wait_ms = float(max_wait_ms)
-        self.drain_timeout_s = float(drain_timeout_s)
-        self.workers = workers
         self.metrics = RunMetrics()
         #: Per source id, its facts and state; filled as the run opens its sources.
         self.sources: dict[str, SourceState] = {}
@@ -147,23 +107,16 @@ class Pipeline:
         self._pending_events: dict[str, list[dict[str, Any]]] = defaultdict(list)
 
     @classmethod
-    def from_spec(cls, spec: PipelineSpec, *, with_drawing: bool = True, **options: Any) -> Pipeline:
+    def from_spec(
+        cls, spec: PipelineSpec, *, with_drawing: bool = True, observers: Sequence[PipelineObserver] = ()
+    ) -> Pipeline:
         """Construct every stage of a spec (stages with ``draws = True`` only if drawing)."""
         stages = [
             NamedStage(name=stage_spec.name, stage=stage_spec.build())
             for stage_spec in spec.stages
-            if with_drawing or not getattr(stage_spec.stage_class, "draws", False)
+            if with_drawing or not stage_spec.stage_class.draws
         ]
-        return cls(
-            stages,
-            batch_size=spec.batch_size,
-            on_error=spec.on_error,
-            device=spec.device,
-            config_dir=spec.config_dir,
-            max_wait_ms=spec.max_wait_ms,
-            workers=spec.workers,
-            **options,
-        )
+        return cls(stages, spec.settings, config_dir=spec.config_dir, observers=observers)
 
     def request_stop(self) -> None:
         """Stop reading; frames already queued are processed and outputs finalized.
@@ -190,9 +143,9 @@ class Pipeline:
         """Per stage name, what the stage reports about the run (stages with ``summary()``)."""
         summaries: dict[str, Any] = {}
         for named in self.stages:
-            summary = getattr(named.stage, "summary", None)
-            if callable(summary):
-                summaries[named.name] = summary()
+            summary = named.stage.summary()
+            if summary is not None:
+                summaries[named.name] = summary
         return summaries
 
     def run(
@@ -218,8 +171,8 @@ class Pipeline:
             EngineError: A stage or sink failed under the ``fail`` policy.
         """
         feeds = _as_feeds(sources)
-        if max_frames is not None and max_frames < 1:
-            raise ConfigError(f"max_frames: expected a positive integer, got {max_frames}")
+        check_optional_int("max_frames", max_frames, low=1)
+        settings = self.settings
         self.metrics = RunMetrics()
         self.sources, self._infos, self._readers = {}, {}, []
         self._pending_events.clear()
@@ -235,12 +188,12 @@ class Pipeline:
                 self.sources[info.source_id] = SourceState(info=info, segments=0 if _supervised(feed) else 1)
                 self._infos[info.source_id] = info
                 self._readers.append(
-                    FeedReader(feed, info, condition, read_ahead_frames=self.read_ahead_frames)
+                    FeedReader(feed, info, condition, read_ahead_frames=max(settings.read_ahead_frames, settings.batch_size))
                 )
                 self.metrics.update_source(
                     info.source_id, state="down" if _supervised(feed) else "up", frames_in=0, frames_dropped=0
                 )
-            context = Context(device=self.device, sources=self._infos, config_dir=self.config_dir)
+            context = Context(device=settings.device, sources=self._infos, config_dir=self.config_dir)
             ahead_stages = self.ahead_stages()
             for named in self.stages:
                 # Registered before open() so a stage that fails halfway through opening
@@ -248,7 +201,7 @@ class Pipeline:
                 stack.callback(_close_quietly, f"stage '{named.name}'", named.stage.close)
                 try:
                     named.stage.open(
-                        replace(context, workers=self.workers) if named in ahead_stages else context
+                        replace(context, workers=settings.workers) if named in ahead_stages else context
                     )
                 except EngineError as error:
                     raise type(error)(f"stage '{named.name}': {error}") from error
@@ -258,17 +211,17 @@ class Pipeline:
             batcher = Batcher(
                 self._readers,
                 condition,
-                batch_size=self.batch_size,
-                max_wait_ms=self.max_wait_ms,
+                batch_size=settings.batch_size,
+                max_wait_ms=settings.max_wait_ms,
                 max_frames=max_frames,
                 stop=self._stop,
-                drain_timeout_s=self.drain_timeout_s,
+                drain_timeout_s=settings.drain_timeout_s,
             )
             stack.callback(batcher.close)
             batcher.start()
             items: Iterable[Batch | StageRun | Marker] = batcher
             if ahead_stages:
-                ahead = RunAhead(batcher, ahead_stages, workers=self.workers, stop=self._stop)
+                ahead = RunAhead(batcher, ahead_stages, workers=settings.workers, stop=self._stop)
                 stack.callback(ahead.close)
                 items = ahead
             for item in items:
@@ -292,11 +245,11 @@ class Pipeline:
 
     def ahead_stages(self) -> list[NamedStage]:
         """The leading ``concurrent`` stages that run ahead on the workers (none with 1 worker)."""
-        if self.workers == 1:
+        if self.settings.workers == 1:
             return []
         leading: list[NamedStage] = []
         for named in self.stages:
-            if not getattr(named.stage, "concurrent", False):
+            if not named.stage.concurrent:
                 break
             leading.append(named)
         return leading
@@ -388,8 +341,8 @@ class Pipeline:
         first = batch[0]
         where = f"stage '{stage_name}' failed on {first.source_id} frame {first.index}"
         kind = f"{stage_name}: {type(error).__name__}"
-        self.metrics.record_stage_error(kind, len(batch), skipped=self.on_error == "skip")
-        if self.on_error == "fail":
+        self.metrics.record_stage_error(kind, len(batch), skipped=self.settings.on_error == "skip")
+        if self.settings.on_error == "fail":
             if isinstance(error, EngineError):
                 raise type(error)(f"{where}: {error}") from error
             raise error
@@ -410,7 +363,7 @@ def _as_feeds(sources: Source | Feed | Sequence[Source | Feed]) -> list[Feed]:
 
 
 def _supervised(feed: Feed) -> bool:
-    return callable(getattr(feed.source, "subscribe", None))
+    return isinstance(feed.source, SegmentedSource)
 
 
 def _close_quietly(what: str, close: Callable[[], None]) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 
 from engine.errors import PluginError
+from engine.stage import missing_members
 
 #: Entry-point group under which stage classes are registered.
 STAGE_GROUP = "vistream.stages"
@@ -85,6 +86,12 @@ def _import_class(target: str, *, origin: str) -> type:
             raise PluginError(f"stage '{origin}': module '{module_name}' has no '{class_name}'")
     if not inspect.isclass(value):
         raise PluginError(f"stage '{origin}': '{class_name}' is not a class")
+    missing = missing_members(value)
+    if missing:
+        raise PluginError(
+            f"stage '{origin}': {class_name} lacks {', '.join(missing)} of the stage contract "
+            "(subclass engine.stage.BaseStage for the defaults)"
+        )
     return value
 
 

@@ -26,13 +26,10 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
+from engine.batching import Marker
 from engine.frame import Batch
-
-if TYPE_CHECKING:  # pipeline imports this module; only its types are needed here
-    from engine.batching import Marker
-    from engine.pipeline import NamedStage
+from engine.stage import NamedStage
 
 logger = logging.getLogger(__name__)
 

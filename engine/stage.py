@@ -3,6 +3,13 @@
 A stage is built from YAML keyword arguments (cheap, validating constructor), then opened
 once with a :class:`Context` (heavy work: models, GPU), called on batches, told when a
 source ends, and closed — in reverse order, even when a later stage failed to open.
+
+Everything the pipeline reads from a stage is declared on :class:`Stage` below: the four
+lifecycle methods, the class attributes ``draws`` and ``concurrent``, the instance attribute
+``tracked_layers`` and ``summary()``. :class:`BaseStage` gives each a default, so a stage
+that subclasses it only writes ``__call__`` and what it changes. A class that does not
+subclass it must define every member; :func:`missing_members` says which it lacks (the
+registry refuses such a class with that list).
 """
 
 from __future__ import annotations
@@ -10,8 +17,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
+from engine.device import CPU, Device
 from engine.frame import Batch, SourceInfo
 
 
@@ -20,7 +28,7 @@ class Context:
     """What a stage may know about the run when it opens.
 
     Attributes:
-        device: Where tensors and models live: ``"cpu"`` or ``"cuda"``/``"cuda:N"``.
+        device: Where tensors and models live (``Device("cpu")`` or a CUDA device).
         sources: Facts about every source of the run, keyed by ``source_id``.
         config_dir: Directory of the pipeline YAML (relative paths were resolved against it).
         workers: How many batches this stage will be given at once, one per thread (more
@@ -29,7 +37,7 @@ class Context:
             ``cores // workers`` threads.
     """
 
-    device: str = "cpu"
+    device: Device = CPU
     sources: Mapping[str, SourceInfo] = field(default_factory=dict)
     config_dir: Path = Path(".")
     workers: int = 1
@@ -37,7 +45,23 @@ class Context:
 
 @runtime_checkable
 class Stage(Protocol):
-    """Processes whole batches of frames; see the module docstring for the lifecycle."""
+    """Processes whole batches of frames; see the module docstring for the lifecycle.
+
+    Attributes:
+        draws: True for stages that only paint on ``Frame.canvas``. The pipeline leaves them
+            out when no video is written (``--no-video``), so drawing never costs throughput
+            that nobody sees.
+        concurrent: True for stages that keep no state from one batch to the next and may
+            be called on several batches at once from different threads. When such stages
+            lead the pipeline and ``workers`` > 1, they run ahead of the others on that many
+            threads (:mod:`engine.run_ahead`). Trackers and anything per-source must not.
+        tracked_layers: Detection layers this stage gives track ids to (a tracker's
+            ``layer``); the run writes a MOT file for each. Empty for other stages.
+    """
+
+    draws: ClassVar[bool]
+    concurrent: ClassVar[bool]
+    tracked_layers: tuple[str, ...]
 
     def open(self, context: Context) -> None:
         """Allocate models, streams and state."""
@@ -51,22 +75,23 @@ class Stage(Protocol):
     def close(self) -> None:
         """Release what ``open`` allocated."""
 
+    def summary(self) -> dict[str, Any] | None:
+        """What the stage reports about the run for ``summary.json``, or None for nothing."""
+
+
+#: Every member of :class:`Stage`, as :func:`missing_members` checks them.
+STAGE_MEMBERS = (
+    "draws", "concurrent", "tracked_layers", "open", "__call__", "end_of_stream", "close", "summary"
+)
+
 
 class BaseStage:
-    """A stage with a no-op lifecycle: subclass it and implement ``__call__``.
-
-    Attributes:
-        draws: True for stages that only paint on ``Frame.canvas``. The pipeline leaves them
-            out when no video is written (``--no-video``), so drawing never costs throughput
-            that nobody sees.
-        concurrent: True for stages that keep no state from one batch to the next and may
-            be called on several batches at once from different threads. When such stages
-            lead the pipeline and ``workers`` > 1, they run ahead of the others on that many
-            threads (:mod:`engine.run_ahead`). Trackers and anything per-source must not.
-    """
+    """A stage with a no-op lifecycle and the contract's defaults: subclass it and implement
+    ``__call__`` (see :class:`Stage` for what each attribute means)."""
 
     draws: ClassVar[bool] = False
     concurrent: ClassVar[bool] = False
+    tracked_layers: tuple[str, ...] = ()
 
     def open(self, context: Context) -> None:
         """Do nothing; override to load models or allocate state."""
@@ -79,3 +104,22 @@ class BaseStage:
 
     def close(self) -> None:
         """Do nothing; override to release resources."""
+
+    def summary(self) -> dict[str, Any] | None:
+        """Report nothing; override to add a section to ``summary.json``."""
+        return None
+
+
+def missing_members(stage_class: type) -> list[str]:
+    """The members of the stage contract that ``stage_class`` does not define (as class
+    attributes: an instance may replace ``tracked_layers`` in ``__init__``, but the class
+    declares its default)."""
+    return [name for name in STAGE_MEMBERS if not hasattr(stage_class, name)]
+
+
+@dataclass(frozen=True)
+class NamedStage:
+    """A constructed stage and the name metrics and summaries know it by."""
+
+    name: str
+    stage: Stage

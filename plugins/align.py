@@ -28,8 +28,7 @@ import supervision as sv
 
 from engine.errors import ConfigError, StageError
 from engine.frame import Batch
-from engine.stage import BaseStage, Context
-from engine.warp import (
+from engine.ops.warp import (
     Border,
     FaceTemplate,
     box_transforms,
@@ -37,6 +36,7 @@ from engine.warp import (
     warp_crops_cv2,
     warp_crops_torch,
 )
+from engine.stage import BaseStage, Context
 
 logger = logging.getLogger(__name__)
 

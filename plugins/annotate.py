@@ -5,7 +5,7 @@ Convention:
       ``Frame.image``; ``draws = True`` lets the pipeline leave the stage out without video.
     - Labels read ``#<track id> <class name> <confidence> <extras>``, e.g.
       ``#12 car 0.87 54 km/h``. A detection whose ``tracker_id`` is -1 (no id, see
-      :data:`engine.serialize.NO_TRACK_ID`) has no ``#id``.
+      :data:`engine.sinks.serialize.NO_TRACK_ID`) has no ``#id``.
     - Colours: by track id for tracked detections, a neutral grey for a tracked layer's
       detections that have no id (yet), by class for layers that were never tracked.
     - Traces (the last ``trace_length`` centre points of each track) are kept per source and
@@ -22,8 +22,7 @@ import numpy as np
 import supervision as sv
 
 from engine.errors import ConfigError
-from engine.frame import OBJECTS_LAYER, Batch, Frame
-from engine.serialize import NO_TRACK_ID
+from engine.frame import NO_TRACK_ID, OBJECTS_LAYER, Batch, Frame
 from engine.stage import BaseStage, Context
 
 logger = logging.getLogger(__name__)

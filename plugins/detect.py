@@ -6,7 +6,7 @@ and stride come from the metadata Ultralytics writes into its exports (or its ch
 so any detector exported with ``yolo export format=onnx`` works without configuration.
 
 Two paths, one result: frames that are numpy arrays on a ``cpu`` run take the numpy/OpenCV
-path (:func:`engine.ops.letterbox_batch`, NMS with OpenCV); frames that are torch tensors,
+path (:func:`engine.ops.cpu.letterbox_batch`, NMS with OpenCV); frames that are torch tensors,
 or any run on a ``cuda`` device, take the torch path — letterbox with kornia, inference and
 ``torchvision`` NMS on the frames' device, only the kept boxes come back to the CPU. A
 model with a dynamic batch axis gets the whole batch (several sources included) in one
@@ -34,7 +34,6 @@ from __future__ import annotations
 import ast
 import logging
 import os
-import re
 import threading
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -48,14 +47,13 @@ from engine.backends import load_backend
 from engine.backends.base import InferenceBackend
 from engine.errors import ConfigError, ModelError
 from engine.frame import OBJECTS_LAYER, Batch
-from engine.ops import letterbox_batch
+from engine.ops.cpu import letterbox_batch
 from engine.stage import BaseStage, Context
 from plugins.yolo_decode import decode_batch, decode_batch_torch
 
 logger = logging.getLogger(__name__)
 
 _PAD_VALUE = 114  # Ultralytics' letterbox grey
-_CUDA = re.compile(r"^cuda(:\d+)?$")
 
 
 def _parse_names(raw: str) -> list[str]:
@@ -214,7 +212,7 @@ class YoloDetector(BaseStage):
             options["half"] = True
         options.update(self.backend_options)
         backend = load_backend(self.model, device=context.device, **options)
-        self._torch_device = backend.device if _CUDA.match(backend.device) else None
+        self._torch_device = str(backend.device) if backend.device.is_cuda else None
         try:
             self._configure(backend)
             self._warm_up(backend)
@@ -222,7 +220,7 @@ class YoloDetector(BaseStage):
             backend.close()
             raise
         self._backend = backend
-        self._backend_turn = nullcontext() if getattr(backend, "thread_safe", False) else threading.Lock()
+        self._backend_turn = nullcontext() if backend.thread_safe else threading.Lock()
         logger.info(
             "detect: %s, input %dx%d, %d classes%s, %s batch, on %s, %d call(s) at once with %s",
             self.model.name,
@@ -349,7 +347,7 @@ class YoloDetector(BaseStage):
     def _preprocess_torch(self, images: list[Any], rows: int) -> tuple[Any, list[Any]]:
         import torch
 
-        from engine.ops_torch import letterbox_batch_torch
+        from engine.ops.gpu import letterbox_batch_torch
 
         first = images[0]
         device = torch.device(

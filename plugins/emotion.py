@@ -33,8 +33,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import ConfigError, StageError
-from engine.frame import Batch
-from engine.serialize import NO_TRACK_ID
+from engine.frame import NO_TRACK_ID, Batch
 from engine.stage import BaseStage, Context
 from plugins.align import CROP_KEY, OK_KEY
 from plugins.emotion_model import ClassifierSpec, resolve_spec

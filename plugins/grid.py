@@ -22,9 +22,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from engine.calibration import Calibration
 from engine.errors import ConfigError, StageError
 from engine.frame import Batch
+from engine.geometry.calibration import Calibration
 from engine.stage import BaseStage, Context
 
 logger = logging.getLogger(__name__)

@@ -27,10 +27,9 @@ import numpy as np
 import supervision as sv
 
 from engine.errors import ConfigError, SourceError
-from engine.frame import OBJECTS_LAYER, Batch, Frame
-from engine.serialize import NO_TRACK_ID
+from engine.frame import NO_TRACK_ID, OBJECTS_LAYER, Batch, Frame
+from engine.sources.synthetic_traffic import TrafficScene
 from engine.stage import BaseStage, Context
-from engine.synthetic_traffic import TrafficScene
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 The method (a field method, kept as it is):
 
-- A calibration maps image pixels to road-plane metres (:mod:`engine.calibration`). Each
+- A calibration maps image pixels to road-plane metres (:mod:`engine.geometry.calibration`). Each
   detection's reference point (``anchor``, by default the bottom-centre of its box, where a
   vehicle touches the road) is mapped with it in float64, both axes kept.
 - Per track, observations are counted from that track's own first observation in the zone
@@ -53,11 +53,10 @@ from typing import Any
 
 import numpy as np
 
-from engine.calibration import Calibration
 from engine.errors import ConfigError, StageError
-from engine.frame import OBJECTS_LAYER, Batch, Frame
-from engine.geometry import ANCHORS, box_anchors
-from engine.serialize import NO_TRACK_ID
+from engine.frame import NO_TRACK_ID, OBJECTS_LAYER, Batch, Frame
+from engine.geometry.calibration import Calibration
+from engine.geometry.plane import ANCHORS, box_anchors
 from engine.stage import BaseStage, Context
 from plugins.speed_alarm import DEFAULT_SHIFT_THRESHOLD, ShiftAlarm, ShiftStatistic
 
@@ -149,7 +148,7 @@ class SpeedEstimator(BaseStage):
         window_stride: Observations between consecutive measurements: 1 (a measurement at
             every observation, overlapping windows) or None for n (non-overlapping).
         min_measurements: Measurements needed before a speed is reported; None means k.
-        anchor: Box reference point, one of :data:`engine.geometry.ANCHORS`.
+        anchor: Box reference point, one of :data:`engine.geometry.plane.ANCHORS`.
         max_speed_kmh: Measurements above this are rejected.
         max_acceleration_ms2: A measurement that departs from the track's current velocity
             by more than this times the time between them (at least one window), plus three

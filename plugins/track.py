@@ -8,7 +8,7 @@ Convention:
       within a source during a run: when a source restarts (a camera reconnects), its
       tracker starts afresh but numbers its tracks after the highest id of the previous
       segment, so one camera's MOT file and events never give one id to two objects.
-      :data:`engine.serialize.NO_TRACK_ID` (-1) means "no id": a detection below
+      :data:`engine.sinks.serialize.NO_TRACK_ID` (-1) means "no id": a detection below
       ``low_conf_det_threshold``, one that matched no track, or one whose track is not yet
       confirmed (fewer than ``minimum_consecutive_frames`` consecutive matches).
     - The tracker is class-agnostic (as ByteTrack and ultralytics' ByteTrack are).
@@ -45,8 +45,7 @@ import supervision as sv
 from trackers import ByteTrackTracker
 
 from engine.errors import ConfigError
-from engine.frame import OBJECTS_LAYER, Batch, Frame
-from engine.serialize import NO_TRACK_ID
+from engine.frame import NO_TRACK_ID, OBJECTS_LAYER, Batch, Frame
 from engine.stage import BaseStage, Context
 
 logger = logging.getLogger(__name__)
@@ -119,6 +118,7 @@ class ByteTrackStage(BaseStage):
         if not isinstance(layer, str) or not layer:
             raise ConfigError(f"track: layer must be a non-empty layer name, got {layer!r}")
         self.layer = layer
+        self.tracked_layers = (layer,)
         self.lost_track_buffer = _check_int("lost_track_buffer", lost_track_buffer, 0)
         self.minimum_consecutive_frames = _check_int(
             "minimum_consecutive_frames", minimum_consecutive_frames, 1

@@ -47,8 +47,18 @@ def _tensorrt_available() -> bool:
     return True
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip `gst`-marked tests where GStreamer does not import (checked lazily: it loads
+    GStreamer, which only tests that need it should pay for)."""
+    if item.get_closest_marker("gst") is not None:
+        from engine.sources import gstreamer_available
+
+        if not gstreamer_available():
+            pytest.skip("GStreamer is not available through PyGObject (install the 'gst' extra)")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip `gpu` and `tensorrt` tests where those are missing (`gst` is checked per module)."""
+    """Skip `gpu` and `tensorrt` tests where those are missing (`gst` is checked per test)."""
     skip_gpu = None if _cuda_available() else pytest.mark.skip(reason="needs a CUDA GPU")
     skip_trt = None if _tensorrt_available() else pytest.mark.skip(
         reason="needs TensorRT (not installable on these machines)"

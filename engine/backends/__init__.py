@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.backends.base import InferenceBackend, TensorSpec
+from engine.device import Device
 from engine.errors import ConfigError, ModelError
 
 __all__ = ["BACKENDS", "InferenceBackend", "TensorSpec", "load_backend"]
@@ -29,7 +30,7 @@ BACKENDS: dict[str, tuple[str, str | None]] = {
 }
 
 
-def load_backend(model_path: Path, *, device: str = "cpu", **options: Any) -> InferenceBackend:
+def load_backend(model_path: Path, *, device: str | Device = "cpu", **options: Any) -> InferenceBackend:
     """Build the backend for a model file from its suffix and load the model.
 
     Args:

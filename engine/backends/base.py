@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from engine.device import Device
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -38,11 +40,19 @@ class TensorSpec:
 
 
 class InferenceBackend(Protocol):
-    """Runs one model. Construct cheaply, ``load`` does the heavy work."""
+    """Runs one model. Construct cheaply, ``load`` does the heavy work.
+
+    Attributes:
+        thread_safe: True when ``run`` may be called from several threads at once (ONNX
+            Runtime sessions); otherwise callers take turns (a TensorRT execution context,
+            CUDA graphs), as ``detect`` does under pipeline ``workers``.
+    """
+
+    thread_safe: bool
 
     @property
-    def device(self) -> str:
-        """Where the model runs: ``"cpu"`` or ``"cuda:N"``."""
+    def device(self) -> Device:
+        """Where the model runs."""
 
     @property
     def inputs(self) -> list[TensorSpec]:

@@ -13,7 +13,6 @@ Convention:
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,9 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from engine.backends.base import TensorSpec
-from engine.errors import ConfigError, ModelError
+from engine.checks import check_optional_int
+from engine.device import Device, parse_device
+from engine.errors import ModelError
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,6 @@ _ORT_ERRORS: tuple[type[Exception], ...] = tuple(
 # are the same in both.
 _ORT_TO_NUMPY = {"float": "float32", "double": "float64", "string": "str"}
 
-_CUDA_DEVICE = re.compile(r"^cuda(?::(\d+))?$")
 
 # Recent ONNX Runtime releases wrap DLPack tensors without a copy (1.32 does).
 _DLPACK_IN = hasattr(ort.OrtValue, "from_dlpack")
@@ -93,23 +93,14 @@ class OnnxRuntimeBackend:
         self,
         model_path: Path,
         *,
-        device: str = "cpu",
+        device: str | Device = "cpu",
         intra_op_num_threads: int | None = None,
         inter_op_num_threads: int | None = None,
     ) -> None:
         self._model_path = Path(model_path)
-        cuda = _CUDA_DEVICE.match(device)
-        if device != "cpu" and cuda is None:
-            raise ConfigError(f"device {device!r} is not valid; expected 'cpu', 'cuda' or 'cuda:N'")
-        self._cuda_index: int | None = int(cuda.group(1) or 0) if cuda else None
-        for name, value in (
-            ("intra_op_num_threads", intra_op_num_threads),
-            ("inter_op_num_threads", inter_op_num_threads),
-        ):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
-        self._intra_op_num_threads = intra_op_num_threads
-        self._inter_op_num_threads = inter_op_num_threads
+        self._device = parse_device(device)
+        self._intra_op_num_threads = check_optional_int("intra_op_num_threads", intra_op_num_threads, low=1)
+        self._inter_op_num_threads = check_optional_int("inter_op_num_threads", inter_op_num_threads, low=1)
         self._session: ort.InferenceSession | None = None
         self._inputs: list[TensorSpec] = []
         self._outputs: list[TensorSpec] = []
@@ -117,7 +108,7 @@ class OnnxRuntimeBackend:
         self._metadata: dict[str, str] = {}
 
     def __repr__(self) -> str:
-        return f"OnnxRuntimeBackend({str(self._model_path)!r}, device={self.device!r})"
+        return f"OnnxRuntimeBackend({str(self._model_path)!r}, device={str(self.device)!r})"
 
     @property
     def model_path(self) -> Path:
@@ -125,9 +116,9 @@ class OnnxRuntimeBackend:
         return self._model_path
 
     @property
-    def device(self) -> str:
-        """Where the model runs: ``"cpu"`` or ``"cuda:N"``."""
-        return "cpu" if self._cuda_index is None else f"cuda:{self._cuda_index}"
+    def device(self) -> Device:
+        """Where the model runs."""
+        return self._device
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -148,15 +139,15 @@ class OnnxRuntimeBackend:
         return dict(self._metadata)
 
     def _providers(self) -> list[Any]:
-        if self._cuda_index is None:
+        if not self._device.is_cuda:
             return ["CPUExecutionProvider"]
         available = ort.get_available_providers()
         if "CUDAExecutionProvider" not in available:
             raise ModelError(
-                f"device {self.device!r} needs ONNX Runtime's CUDAExecutionProvider "
+                f"device {str(self.device)!r} needs ONNX Runtime's CUDAExecutionProvider "
                 f"(package onnxruntime-gpu); available providers: {', '.join(available)}"
             )
-        return [("CUDAExecutionProvider", {"device_id": self._cuda_index}), "CPUExecutionProvider"]
+        return [("CUDAExecutionProvider", {"device_id": self._device.index}), "CPUExecutionProvider"]
 
     def load(self) -> None:
         """Create the inference session; does nothing when it already exists.
@@ -184,7 +175,7 @@ class OnnxRuntimeBackend:
             raise ModelError(
                 f"cannot load {self._model_path} as an ONNX model: {_one_line(error)}"
             ) from error
-        if self._cuda_index is not None and "CUDAExecutionProvider" not in session.get_providers():
+        if self._device.is_cuda and "CUDAExecutionProvider" not in session.get_providers():
             # ORT silently falls back to the CPU when the CUDA libraries fail to load.
             raise ModelError(
                 f"ONNX Runtime could not start the CUDA execution provider for {self._model_path} "
@@ -238,7 +229,7 @@ class OnnxRuntimeBackend:
         """Run on torch tensors with IO binding; outputs are torch tensors on our device."""
         import torch
 
-        device = torch.device(self.device)
+        device = torch.device(str(self.device))
         device_type, device_id = device.type, device.index or 0
         binding = session.io_binding()
         held = []  # the bound memory must outlive run_with_iobinding

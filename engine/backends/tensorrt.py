@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,11 +30,11 @@ from typing import Any
 import numpy as np
 
 from engine.backends.base import TensorSpec
+from engine.device import Device, parse_device
 from engine.errors import ConfigError, ModelError
 
 logger = logging.getLogger(__name__)
 
-_CUDA_DEVICE = re.compile(r"^cuda(?::(\d+))?$")
 
 #: ``tensorrt.DataType`` member name -> (torch dtype name, numpy dtype name).
 _TRT_TYPES = {
@@ -115,14 +114,17 @@ class TensorRTBackend:
         ConfigError: The device is not a CUDA device.
     """
 
-    def __init__(self, model_path: Path, *, device: str = "cuda") -> None:
-        match = _CUDA_DEVICE.match(device)
-        if match is None:
+    #: Not safe to call from several threads at once (one execution context / CUDA graph).
+    thread_safe = False
+
+    def __init__(self, model_path: Path, *, device: str | Device = "cuda") -> None:
+        self._device = parse_device(device)
+        if not self._device.is_cuda:
             raise ConfigError(
                 f"the TensorRT backend needs a CUDA device ('cuda' or 'cuda:N'), got {device!r}"
             )
         self._model_path = Path(model_path)
-        self._index = int(match.group(1) or 0)
+        self._index = self._device.index
         self._engine: Any = None
         self._context: Any = None
         self._inputs: list[TensorSpec] = []
@@ -131,12 +133,12 @@ class TensorRTBackend:
         self._metadata: dict[str, str] = {}
 
     def __repr__(self) -> str:
-        return f"TensorRTBackend({str(self._model_path)!r}, device={self.device!r})"
+        return f"TensorRTBackend({str(self._model_path)!r}, device={str(self.device)!r})"
 
     @property
-    def device(self) -> str:
+    def device(self) -> Device:
         """The CUDA device the engine runs on."""
-        return f"cuda:{self._index}"
+        return self._device
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -235,7 +237,7 @@ class TensorRTBackend:
         import torch
 
         context = self._context
-        device = torch.device(self.device)
+        device = torch.device(str(self.device))
         expected = {spec.name for spec in self._inputs}
         if set(inputs) != expected:
             raise ModelError(

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,11 +27,12 @@ from typing import Any
 import numpy as np
 
 from engine.backends.base import TensorSpec
+from engine.checks import check_bool, check_optional_int
+from engine.device import Device, parse_device
 from engine.errors import ConfigError, ModelError
 
 logger = logging.getLogger(__name__)
 
-_DEVICE = re.compile(r"^(cpu|cuda(?::\d+)?)$")
 INPUT_NAME = "images"
 OUTPUT_NAME = "output0"
 
@@ -109,37 +109,29 @@ class TorchBackend:
         ConfigError: The device is malformed, or FP16/CUDA graphs are asked for on the CPU.
     """
 
+    #: Not safe to call from several threads at once (one execution context / CUDA graph).
+    thread_safe = False
+
     def __init__(
         self,
         model_path: Path,
         *,
-        device: str = "cpu",
+        device: str | Device = "cpu",
         half: bool = False,
         cuda_graph: bool = False,
         compile: bool = False,  # noqa: A002 - mirrors torch.compile
         imgsz: int | None = None,
         intra_op_num_threads: int | None = None,
     ) -> None:
-        if not _DEVICE.match(device):
-            raise ConfigError(f"device {device!r} is not valid; expected 'cpu', 'cuda' or 'cuda:N'")
+        self._device = parse_device(device)
         for name, value in (("half", half), ("cuda_graph", cuda_graph), ("compile", compile)):
-            if not isinstance(value, bool):
-                raise ConfigError(f"{name} must be true or false, got {value!r}")
-        if device == "cpu" and (half or cuda_graph):
+            check_bool(name, value)
+        if not self._device.is_cuda and (half or cuda_graph):
             raise ConfigError("half and cuda_graph need a CUDA device; the PyTorch backend was given 'cpu'")
-        if imgsz is not None and (isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz < 32):
-            raise ConfigError(f"imgsz must be an integer >= 32 or null, got {imgsz!r}")
-        if intra_op_num_threads is not None and (
-            isinstance(intra_op_num_threads, bool)
-            or not isinstance(intra_op_num_threads, int)
-            or intra_op_num_threads < 1
-        ):
-            raise ConfigError(
-                f"intra_op_num_threads must be a positive integer or None, got {intra_op_num_threads!r}"
-            )
-        self._threads = intra_op_num_threads
+        check_optional_int("imgsz", imgsz, low=32)
+        self._threads = check_optional_int("intra_op_num_threads", intra_op_num_threads, low=1)
         self._model_path = Path(model_path)
-        self._device_name = "cuda:0" if device == "cuda" else device
+        self._device_name = str(self._device)
         self._half = half
         self._cuda_graph = cuda_graph
         self._compile = compile
@@ -151,7 +143,7 @@ class TorchBackend:
 
     @classmethod
     def from_module(
-        cls, module: Any, *, metadata: Mapping[str, str], device: str = "cpu", half: bool = False
+        cls, module: Any, *, metadata: Mapping[str, str], device: str | Device = "cpu", half: bool = False
     ) -> TorchBackend:
         """Wrap an in-memory model (for example the one an exporter just exported).
 
@@ -168,12 +160,12 @@ class TorchBackend:
         return backend
 
     def __repr__(self) -> str:
-        return f"TorchBackend({str(self._model_path)!r}, device={self.device!r})"
+        return f"TorchBackend({str(self._model_path)!r}, device={str(self.device)!r})"
 
     @property
-    def device(self) -> str:
-        """Where the model runs: ``"cpu"`` or ``"cuda:N"``."""
-        return self._device_name
+    def device(self) -> Device:
+        """Where the model runs."""
+        return self._device
 
     @property
     def inputs(self) -> list[TensorSpec]:

@@ -9,7 +9,7 @@ frames and batches (the same letterbox as inference), the calibrator's batch fee
 cache, and the cache key (:mod:`engine.backends.engine_cache`).
 
 INT8 calibration (:mod:`engine.backends.trt_calibration`): frames come evenly spaced from a
-video, or from an image folder, go through :func:`engine.ops.letterbox_batch` exactly as at
+video, or from an image folder, go through :func:`engine.ops.cpu.letterbox_batch` exactly as at
 inference time, and are fed in batches of the profile's *opt* size (TensorRT calibrates a
 dynamic-shape network at the opt shapes of its first profile). The calibration cache is
 written next to the engine cache and read back on the next build, so recalibration only

@@ -1,7 +1,7 @@
 """INT8 calibration for the TensorRT builder: real frames, inference preprocessing, a cache.
 
 Frames come evenly spaced from a video, or from an image folder, go through
-:func:`engine.ops.letterbox_batch` exactly as at inference time, and are fed to TensorRT in
+:func:`engine.ops.cpu.letterbox_batch` exactly as at inference time, and are fed to TensorRT in
 fixed-size batches. :class:`CalibratorCore` holds the feeding and caching logic in pure
 Python (tested everywhere); :func:`make_entropy_calibrator` wraps it in TensorRT's
 ``IInt8EntropyCalibrator2`` (NOT EXECUTED HERE: TensorRT cannot be installed on this
@@ -21,7 +21,7 @@ import numpy as np
 
 from engine.backends.tensorrt import import_tensorrt
 from engine.errors import CalibrationError, ConfigError
-from engine.ops import letterbox_batch
+from engine.ops.cpu import letterbox_batch
 
 logger = logging.getLogger(__name__)
 

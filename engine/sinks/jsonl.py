@@ -1,6 +1,6 @@
 """JSON Lines output: one JSON object per frame, flushed after every batch.
 
-The schema is :mod:`engine.serialize`'s: ``{"source", "frame", "pts_ns", "layers": {...}}``
+The schema is :mod:`engine.sinks.serialize`'s: ``{"source", "frame", "pts_ns", "layers": {...}}``
 plus ``"skipped"`` and ``"events"`` when present. A run that stops halfway leaves one
 complete line per frame already written (the file is flushed to the OS after each batch).
 """
@@ -13,7 +13,7 @@ from typing import TextIO
 
 from engine.errors import SinkError
 from engine.frame import Batch
-from engine.serialize import frame_to_record, to_json_line
+from engine.sinks.serialize import frame_to_record, to_json_line
 from engine.stage import Context
 
 logger = logging.getLogger(__name__)

@@ -21,8 +21,8 @@ import numpy as np
 
 from engine.errors import SinkError
 from engine.frame import OBJECTS_LAYER, Batch, Frame
-from engine.serialize import has_track_id
 from engine.sinks.base import SOURCE_PLACEHOLDER, next_source_path
+from engine.sinks.serialize import has_track_id
 from engine.stage import Context
 
 logger = logging.getLogger(__name__)

@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from engine.batching import FRAME_POLICIES, Feed
 from engine.errors import ConfigError
-from engine.sources.base import Source
+from engine.sources.base import FRAME_POLICIES, Feed, Source
 from engine.sources.supervised import ReconnectPolicy, open_supervised, reconnects_by_default
 from engine.sources.uri import mask_credentials, parse_uri
 

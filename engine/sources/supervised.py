@@ -29,11 +29,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from engine.errors import ConfigError, SourceError
 from engine.frame import Frame, SourceInfo
-from engine.sources.base import Source
+from engine.sources.base import SegmentListener, Source
 from engine.sources.uri import mask_credentials, parse_uri
 
 logger = logging.getLogger(__name__)
@@ -93,16 +93,6 @@ class ReconnectPolicy:
         """The wait before the next attempt after ``failures`` consecutive failures (>= 0)."""
         base = min(self.backoff_max_s, self.backoff_initial_s * self.backoff_multiplier ** max(failures, 0))
         return base * (1.0 - self.jitter * rng.random())
-
-
-class SegmentListener(Protocol):
-    """Told, on the reading thread, when a supervised source's segments start and end."""
-
-    def segment_started(self, source_id: str, segment: int, info: SourceInfo, event: dict[str, Any]) -> None:
-        """Segment ``segment`` (from 1) starts; ``event`` is JSON-ready, for the outputs."""
-
-    def segment_ended(self, source_id: str, segment: int, reason: str) -> None:
-        """Segment ``segment`` ended (``reason`` says why, credentials masked)."""
 
 
 def reconnects_by_default(uri: str) -> bool:

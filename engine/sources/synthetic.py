@@ -34,7 +34,7 @@ import numpy as np
 
 from engine.errors import SourceError
 from engine.frame import Frame, SourceInfo
-from engine.synthetic_traffic import TrafficScene, highway_scene
+from engine.sources.synthetic_traffic import TrafficScene, highway_scene
 
 SCHEME = "synthetic"
 _KINDS = ("traffic",)

@@ -73,7 +73,7 @@ def make_responsive(model: object, frames: list[np.ndarray], *, class_bias: floa
     """Recalibrate BatchNorm statistics on ``frames`` and set the class-score prior (in place)."""
     import torch
 
-    from engine.ops import letterbox_batch
+    from engine.ops.cpu import letterbox_batch
 
     batch, _ = letterbox_batch(frames, IMGSZ)
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]  # type: ignore[attr-defined]
@@ -101,7 +101,7 @@ def exported_yolo(tmp_path_factory: pytest.TempPathFactory) -> ExportedYolo:
     frames = read_frames(HIGHWAY, [50, 250, 450, 650, 850, 1050, 1250, 1450])
     torch = pytest.importorskip("torch")
     pytest.importorskip("ultralytics")
-    from engine.export import export_onnx, load_yolo
+    from engine.cli.export.model import export_onnx, load_yolo
 
     directory = tmp_path_factory.mktemp("yolo11n")
     torch.manual_seed(0)

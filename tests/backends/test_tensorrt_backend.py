@@ -23,7 +23,7 @@ from engine.backends.trt_builder import (
 )
 from engine.backends.trt_calibration import CalibrationBatches, CalibratorCore, calibration_frames
 from engine.errors import CalibrationError, ConfigError, ModelError
-from engine.ops import letterbox_batch
+from engine.ops.cpu import letterbox_batch
 from tests.backends.helpers_yolo import HIGHWAY, exported_yolo
 from tests.conftest import shared_path
 
@@ -64,7 +64,7 @@ def test_headerless_engines_are_read_whole(tmp_path: Path, data: bytes) -> None:
 def test_backend_needs_a_cuda_device(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="the TensorRT backend needs a CUDA device"):
         TensorRTBackend(tmp_path / "m.engine", device="cpu")
-    assert TensorRTBackend(tmp_path / "m.engine", device="cuda:1").device == "cuda:1"
+    assert str(TensorRTBackend(tmp_path / "m.engine", device="cuda:1").device) == "cuda:1"
 
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed here")
@@ -214,9 +214,9 @@ def test_built_engine_matches_onnx_runtime(
     tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, precision: str
 ) -> None:
     from engine.backends.engine_cache import EngineCache
-    from engine.backends.parity import compare_backends
     from engine.backends.trt_builder import build_cached
-    from engine.export import onnx_metadata
+    from engine.cli.export.model import onnx_metadata
+    from engine.cli.export.parity import compare_backends
 
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():

@@ -14,7 +14,7 @@ from engine.backends.base import TensorSpec
 from engine.backends.onnxruntime import OnnxRuntimeBackend
 from engine.backends.torch import TorchBackend
 from engine.errors import ConfigError, ModelError
-from engine.ops import letterbox_batch
+from engine.ops.cpu import letterbox_batch
 from tests.backends.helpers_yolo import IMGSZ, ExportedYolo, exported_yolo
 
 torch = pytest.importorskip("torch")
@@ -33,7 +33,7 @@ def blob(yolo: ExportedYolo) -> np.ndarray:
 
 def test_pt_checkpoint_loads_with_ultralytics_metadata(yolo: ExportedYolo) -> None:
     backend = load_backend(yolo.pt)
-    assert isinstance(backend, TorchBackend) and backend.device == "cpu"
+    assert isinstance(backend, TorchBackend) and str(backend.device) == "cpu"
     metadata = backend.metadata
     assert len(ast.literal_eval(metadata["names"])) == 80
     assert metadata["stride"] == "32" and metadata["task"] == "detect"
@@ -87,8 +87,8 @@ def test_from_module_wraps_an_in_memory_model(yolo: ExportedYolo, blob: np.ndarr
         ({"device": "gpu"}, ConfigError, "expected 'cpu', 'cuda' or 'cuda:N'"),
         ({"half": True}, ConfigError, "half and cuda_graph need a CUDA device"),
         ({"cuda_graph": True}, ConfigError, "half and cuda_graph need a CUDA device"),
-        ({"compile": "yes"}, ConfigError, "compile must be true or false"),
-        ({"imgsz": 10}, ConfigError, "imgsz must be an integer >= 32"),
+        ({"compile": "yes"}, ConfigError, "compile: expected true or false"),
+        ({"imgsz": 10}, ConfigError, "imgsz: expected an integer >= 32"),
     ],
 )
 def test_constructor_validates(kwargs: dict[str, object], error: type[Exception], match: str) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import supervision as sv
 
-from engine.calibration import Calibration
 from engine.frame import Frame, SourceInfo
+from engine.geometry.calibration import Calibration
 from engine.stage import Context
 
 WIDTH, HEIGHT = 400, 480

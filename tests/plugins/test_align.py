@@ -11,9 +11,9 @@ import supervision as sv
 
 from engine.errors import ConfigError, StageError
 from engine.frame import Batch, Frame
+from engine.ops.warp import transform_points
 from engine.registry import resolve_stage
 from engine.stage import Context
-from engine.warp import transform_points
 from plugins.align import FaceAligner, plausible_faces
 from plugins.faces import FaceDetector
 from tests.conftest import shared_path

@@ -262,7 +262,7 @@ def test_the_shipped_faces_pipeline_writes_emotions_and_landmarks(
 ) -> None:
     import json
 
-    from engine.cli import main
+    from engine.cli.main import main
 
     video = shared_path("media/faces/carphone_176x144.mp4")
     monkeypatch.setenv("VISTREAM_MODELS", str(shared_path("models")))

@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.calibration import Calibration
 from engine.errors import CalibrationError, ConfigError
 from engine.frame import Batch, Frame
+from engine.geometry.calibration import Calibration
 from plugins.grid import CalibrationGrid, draw_grid, grid_segments, grid_spacing, render_grid_layer
 from tests.conftest import REPO_ROOT
 from tests.plugins.helpers_speed import context, write_top_down_calibration

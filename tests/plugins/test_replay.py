@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from engine.errors import ConfigError
-from engine.frame import Batch, Frame, SourceInfo
-from engine.serialize import NO_TRACK_ID
+from engine.frame import NO_TRACK_ID, Batch, Frame, SourceInfo
 from engine.sources.synthetic import SyntheticTrafficSource
 from engine.stage import Context
 from plugins.replay import ReplayDetector, load_mot

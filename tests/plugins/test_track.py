@@ -10,8 +10,7 @@ import pytest
 import supervision as sv
 
 from engine.errors import ConfigError
-from engine.frame import Batch, Frame
-from engine.serialize import NO_TRACK_ID
+from engine.frame import NO_TRACK_ID, Batch, Frame
 from engine.stage import Context
 from plugins.track import ByteTrackStage
 from tests.plugins.helpers_track import FRAME_PERIOD_NS, OBJECTS, scene_frame, source_info

@@ -11,8 +11,8 @@ import supervision as sv
 
 from engine.errors import SinkError
 from engine.frame import Batch, Frame
-from engine.serialize import detections_to_records, to_json_line
 from engine.sinks import JsonlSink
+from engine.sinks.serialize import detections_to_records, to_json_line
 from engine.stage import Context
 from tests.sinks.helpers_sinks import tracked_detections
 

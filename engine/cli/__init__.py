@@ -1,0 +1,1 @@
+"""Every `vistream` command. The only package that may import ``plugins``."""

@@ -1,0 +1,1 @@
+"""`vistream bench`: pipeline runs with per-frame timelines, model throughput, and reports."""

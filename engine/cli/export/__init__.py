@@ -1,0 +1,1 @@
+"""`vistream export`: model export (ONNX, TensorRT) with parity checks, and classifier checks."""

@@ -1,0 +1,408 @@
+"""``vistream export``: PyTorch/YAML → ONNX → TensorRT, each export checked against its source.
+
+- ``.pt`` (Ultralytics checkpoint) or ``.yaml`` (architecture, random weights) → ONNX with
+  Ultralytics' own exporter (offline: ``YOLO_OFFLINE``/``YOLO_AUTOINSTALL`` default to off,
+  see :mod:`engine.backends.ultralytics_env`), so the file carries the metadata the
+  ``detect`` stage reads.
+- ONNX → TensorRT with :mod:`engine.backends.trt_builder`, through the engine cache (an
+  unchanged model on an unchanged GPU is never rebuilt). Not executed on this project's
+  development machines (no TensorRT, no GPU).
+- Then the parity check (:mod:`engine.cli.export.parity`): the same frames through the source
+  and the exported model; the command fails, showing the mismatch, when they disagree.
+
+Frames for the check come from ``--check-source`` (a video or an image folder), else
+``--calib``, else a synthetic scene generated here (good enough for the raw comparison,
+which is what carries the check for random-weight ``.yaml`` models anyway).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from engine.errors import ConfigError, ModelError
+
+logger = logging.getLogger(__name__)
+
+TORCH_SUFFIXES = (".pt", ".yaml", ".yml")
+FORMATS = ("onnx", "engine")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What ``vistream export`` was asked to do (see ``vistream export --help``)."""
+
+    source: Path
+    format: str = "onnx"
+    output: Path | None = None
+    imgsz: int | None = None
+    dynamic: bool = False
+    half: bool = False
+    int8: bool = False
+    calib: Path | None = None
+    calib_frames: int = 256
+    batch: int = 1
+    device: str | None = None
+    workspace_gb: float | None = None
+    cache_dir: Path | None = None
+    check: bool = True
+    check_source: Path | None = None
+    check_frames: int = 8
+    check_confidence: float = 0.25
+
+    @property
+    def precision(self) -> str:
+        """``int8``, ``fp16`` or ``fp32``."""
+        return "int8" if self.int8 else "fp16" if self.half else "fp32"
+
+    def validate(self) -> None:
+        """Reject impossible combinations with a message naming them.
+
+        Raises:
+            ConfigError: An option is out of range or does not fit the others.
+        """
+        suffix = self.source.suffix.lower()
+        if suffix not in (*TORCH_SUFFIXES, ".onnx"):
+            raise ConfigError(f"cannot export {self.source}: expected a .pt, .yaml or .onnx model")
+        if suffix != ".yaml" and suffix != ".yml" and not self.source.is_file():
+            raise ConfigError(f"model file not found: {self.source}")
+        if self.format not in FORMATS:
+            raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        if suffix == ".onnx" and self.format == "onnx":
+            raise ConfigError(
+                f"{self.source} is already ONNX; use --format engine to build a TensorRT engine"
+            )
+        if self.int8 and self.half:
+            raise ConfigError("choose one of --half and --int8")
+        if self.int8 and (self.format != "engine" or self.calib is None):
+            raise ConfigError("--int8 builds a TensorRT engine: use --format engine --calib SOURCE")
+        if self.half and self.format == "onnx" and not str(self.device or "cpu").startswith("cuda"):
+            raise ConfigError(
+                "an FP16 ONNX export runs on the GPU: add --device cuda (or use --format engine)"
+            )
+        if self.batch < 1 or self.check_frames < 1 or self.calib_frames < 1:
+            raise ConfigError("--batch, --check-frames and --calib-frames must be positive")
+        if self.imgsz is not None and (self.imgsz < 32 or self.imgsz % 32):
+            raise ConfigError(f"--imgsz must be a positive multiple of 32, got {self.imgsz}")
+        if self.workspace_gb is not None and self.workspace_gb <= 0:
+            raise ConfigError(f"--workspace must be positive (GiB), got {self.workspace_gb}")
+
+
+@dataclass
+class ExportResult:
+    """What an export produced."""
+
+    output: Path
+    onnx: Path
+    imgsz: tuple[int, int]
+    built: bool | None = None  # engine exports: False when the engine came from the cache
+    parity: Any = None  # ParityReport, or None with --no-check
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "output": str(self.output),
+            "onnx": str(self.onnx),
+            "imgsz": list(self.imgsz),
+            "built": self.built,
+            "parity": self.parity.to_dict() if self.parity is not None else None,
+        }
+
+
+def load_yolo(source: Path) -> Any:
+    """An Ultralytics ``YOLO`` object for a ``.pt`` checkpoint or a ``.yaml`` architecture."""
+    from engine.backends.ultralytics_env import import_ultralytics
+
+    ultralytics = import_ultralytics()
+    try:
+        return ultralytics.YOLO(str(source))
+    except Exception as error:  # Ultralytics raises many types for unreadable models
+        raise ModelError(f"Ultralytics cannot load {source}: {type(error).__name__}: {error}") from error
+
+
+def _ultralytics_device(device: str) -> str:
+    return "cpu" if device == "cpu" else device.split(":", 1)[1] if ":" in device else "0"
+
+
+def export_onnx(
+    yolo: Any,
+    output: Path,
+    *,
+    imgsz: int,
+    dynamic: bool = False,
+    batch: int = 1,
+    half: bool = False,
+    device: str = "cpu",
+) -> Path:
+    """Export an Ultralytics model to ONNX at ``output`` with Ultralytics' exporter.
+
+    The exporter writes next to its checkpoint (or into the working directory for a
+    ``.yaml``); it is pointed at a temporary directory instead and the file moved after.
+    """
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="vistream-export-") as scratch:
+        yolo.model.pt_path = str(Path(scratch) / f"{output.stem}.pt")  # where the exporter writes
+        try:
+            exported = yolo.export(
+                format="onnx",
+                imgsz=imgsz,
+                dynamic=dynamic,
+                batch=batch,
+                half=half,
+                device=_ultralytics_device(device),
+                # onnxslim is optional; without it Ultralytics would try to install it.
+                simplify=importlib.util.find_spec("onnxslim") is not None,
+                verbose=False,
+            )
+        except Exception as error:  # the exporter wraps failures in many types
+            raise ModelError(f"ONNX export failed: {type(error).__name__}: {error}") from error
+        shutil.move(str(exported), output)
+    logger.info("exported %s (%s batch, %dx%d)", output, "dynamic" if dynamic else batch, imgsz, imgsz)
+    return output
+
+
+def onnx_metadata(path: Path) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return dict(session.get_modelmeta().custom_metadata_map)
+
+
+def check_frames(source: Path | None, count: int) -> list[np.ndarray]:
+    """BGR frames for the parity check: from a video/image folder, or a synthetic scene."""
+    if source is not None:
+        from engine.backends.trt_calibration import calibration_frames
+
+        return calibration_frames(source, limit=count)
+    rng = np.random.default_rng(0)
+    frames = []
+    for index in range(count):
+        # A road-like scene: grey gradient, lane marks, coloured boxes ("vehicles"), noise.
+        height, width = (480, 640) if index % 2 == 0 else (360, 640)
+        ys = np.linspace(60, 160, height, dtype=np.float32)[:, None, None]
+        frame = np.broadcast_to(ys, (height, width, 3)).astype(np.uint8).copy()
+        cv2.line(frame, (width // 2, 0), (width // 2, height), (240, 240, 240), 4)
+        for _ in range(6):
+            x, y = int(rng.integers(0, width - 120)), int(rng.integers(0, height - 80))
+            colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+            cv2.rectangle(
+                frame, (x, y), (x + int(rng.integers(40, 120)), y + int(rng.integers(30, 80))), colour, -1
+            )
+        noise = rng.integers(0, 12, frame.shape, dtype=np.uint8)
+        frame = cv2.add(frame, noise)  # type: ignore[assignment]
+        frames.append(frame)
+    return frames
+
+
+def _square(imgsz: Any) -> int:
+    text = str(imgsz).strip("[]() ")
+    return int(text.split(",")[0])
+
+
+def export_model(options: ExportOptions, *, raise_on_mismatch: bool = True) -> ExportResult:
+    """Run one export and its parity check.
+
+    Args:
+        options: What to export.
+        raise_on_mismatch: Raise when the parity check fails (else return the failed report).
+
+    Raises:
+        ConfigError: Invalid options.
+        ModelError: The export failed, or the exported model does not match its source.
+    """
+    from engine.backends.onnxruntime import OnnxRuntimeBackend
+    from engine.backends.torch import TorchBackend, ultralytics_metadata
+
+    options.validate()
+    if options.format == "engine":
+        from engine.backends.tensorrt import import_tensorrt
+
+        import_tensorrt()  # fail before a long ONNX export when TensorRT is missing
+    source = options.source
+    device = options.device or ("cuda" if options.format == "engine" else "cpu")
+    from_torch = source.suffix.lower() in TORCH_SUFFIXES
+    default_output = (Path.cwd() if source.suffix.lower() != ".pt" else source.parent) / source.stem
+    output = options.output or default_output.with_suffix(f".{options.format}")
+    if from_torch:
+        yolo = load_yolo(source)
+        imgsz = options.imgsz or _square(ultralytics_metadata(yolo.model)["imgsz"])
+        onnx_path = output if options.format == "onnx" else output.with_suffix(".onnx")
+        export_onnx(
+            yolo,
+            onnx_path,
+            imgsz=imgsz,
+            dynamic=options.dynamic,
+            batch=options.batch,
+            half=options.half and options.format == "onnx",
+            device=device,
+        )
+        metadata = ultralytics_metadata(yolo.model, (imgsz, imgsz))
+        # The reference is the FP32 source model: the truth an FP16/INT8 export is held to.
+        reference_device = device if device.startswith("cuda") else "cpu"
+        reference: Any = (
+            TorchBackend(source, device=reference_device, imgsz=imgsz)
+            if source.suffix.lower() == ".pt"
+            else TorchBackend.from_module(yolo.model, metadata=metadata, device=reference_device)
+        )
+    else:
+        onnx_path = source
+        imgsz = options.imgsz or _square(onnx_metadata(source).get("imgsz", 640))
+        reference = OnnxRuntimeBackend(source)
+
+    result = ExportResult(output=output, onnx=onnx_path, imgsz=(imgsz, imgsz))
+    if options.format == "engine":
+        result.built = _build_engine(options, onnx_path, output, imgsz, device)
+        from engine.backends.tensorrt import TensorRTBackend
+
+        candidate: Any = TensorRTBackend(output, device=device)
+    else:
+        candidate = OnnxRuntimeBackend(onnx_path, device="cuda" if options.half else "cpu")
+
+    if options.check:
+        from engine.cli.export.parity import compare_backends
+
+        frames = check_frames(options.check_source or options.calib, options.check_frames)
+        try:
+            result.parity = compare_backends(
+                reference,
+                candidate,
+                frames,
+                imgsz=(imgsz, imgsz),
+                precision=options.precision,
+                confidence=options.check_confidence,
+            )
+        finally:
+            reference.close()
+            candidate.close()
+        (logger.debug if result.parity.passed else logger.error)("%s", result.parity.summary())
+        if raise_on_mismatch:
+            raise_if_mismatch(result)
+    return result
+
+
+def raise_if_mismatch(result: ExportResult) -> None:
+    """Raise a one-line :class:`ModelError` naming the first mismatch of a failed check."""
+    if result.parity is None or result.parity.passed:
+        return
+    problems = result.parity.problems
+    more = f" (and {len(problems) - 1} more; see the report above)" if len(problems) > 1 else ""
+    raise ModelError(f"parity check failed for {result.output}: {problems[0]}{more}")
+
+
+def _build_engine(options: ExportOptions, onnx_path: Path, output: Path, imgsz: int, device: str) -> bool:
+    from engine.backends.engine_cache import EngineCache
+    from engine.backends.trt_builder import BuildOptions, batch_profile, build_cached
+    from engine.backends.trt_calibration import CalibrationBatches, calibration_frames
+
+    profile = batch_profile(options.batch, dynamic=options.dynamic)
+    workspace = int(options.workspace_gb * (1 << 30)) if options.workspace_gb else None
+    build = BuildOptions(
+        precision=options.precision, profile=profile, imgsz=(imgsz, imgsz), workspace_bytes=workspace
+    )
+    calibration = None
+    if options.int8 and options.calib is not None:
+        frames = calibration_frames(options.calib, limit=options.calib_frames)
+        calibration = CalibrationBatches(frames, (imgsz, imgsz), batch_size=profile.opt)
+    cached, built = build_cached(
+        onnx_path,
+        build,
+        metadata=onnx_metadata(onnx_path),
+        cache=EngineCache(options.cache_dir),
+        device=device,
+        calibration=calibration,
+    )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if cached.resolve() != output.resolve():
+        shutil.copyfile(cached, output)
+    logger.info("%s engine %s (%s)", "built" if built else "reused cached", output, cached.name)
+    return built
+
+
+def add_subcommand(subparsers: Any) -> None:
+    """Add ``vistream export``."""
+    parser = subparsers.add_parser(
+        "export",
+        help="export a YOLO model to ONNX or TensorRT and check it against its source",
+        description="Export a YOLO model (.pt, .yaml) to ONNX, or an ONNX model to a TensorRT engine, "
+        "then run the same frames through the source and the export and fail on any mismatch.",
+    )
+    parser.add_argument("model", type=Path, help="a .pt checkpoint, a .yaml architecture or an .onnx model")
+    parser.add_argument(
+        "--format", choices=FORMATS, default="onnx", help="onnx (default) or engine (TensorRT)"
+    )
+    parser.add_argument(
+        "-o", "--output", type=Path, default=None, help="output file (default: beside the model)"
+    )
+    parser.add_argument("--imgsz", type=int, default=None, help="square input size (default: the model's)")
+    parser.add_argument(
+        "--dynamic", action="store_true", help="dynamic batch axis (engine: profile 1..--batch)"
+    )
+    parser.add_argument(
+        "--half", action="store_true", help="FP16 (engine, or ONNX exported on --device cuda)"
+    )
+    parser.add_argument("--int8", action="store_true", help="INT8 engine, calibrated on --calib")
+    parser.add_argument("--calib", type=Path, default=None, help="video or image folder for INT8 calibration")
+    parser.add_argument("--calib-frames", type=int, default=256, help="calibration frames at most (256)")
+    parser.add_argument("--batch", type=int, default=1, help="batch size (the maximum with --dynamic) (1)")
+    parser.add_argument(
+        "--device", default=None, help="cpu, cuda or cuda:N (default: cpu for onnx, cuda for engine)"
+    )
+    parser.add_argument("--workspace", type=float, default=None, help="TensorRT builder workspace in GiB")
+    parser.add_argument(
+        "--cache-dir", type=Path, default=None, help="engine cache (default ~/.cache/vistream)"
+    )
+    parser.add_argument("--check-source", type=Path, default=None, help="video or image folder for the check")
+    parser.add_argument("--check-frames", type=int, default=8, help="frames compared in the parity check (8)")
+    parser.add_argument(
+        "--check-confidence", type=float, default=0.25, help="detection threshold of the check"
+    )
+    parser.add_argument("--no-check", action="store_true", help="skip the parity check")
+    parser.add_argument(
+        "--report", type=Path, default=None, help="write the result (and parity) as JSON here"
+    )
+    parser.set_defaults(handler=_export_command)
+
+
+def _export_command(args: argparse.Namespace) -> int:
+    options = ExportOptions(
+        source=args.model,
+        format=args.format,
+        output=args.output,
+        imgsz=args.imgsz,
+        dynamic=args.dynamic,
+        half=args.half,
+        int8=args.int8,
+        calib=args.calib,
+        calib_frames=args.calib_frames,
+        batch=args.batch,
+        device=args.device,
+        workspace_gb=args.workspace,
+        cache_dir=args.cache_dir,
+        check=not args.no_check,
+        check_source=args.check_source,
+        check_frames=args.check_frames,
+        check_confidence=args.check_confidence,
+    )
+    result = export_model(options, raise_on_mismatch=False)
+    if args.report is not None:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(json.dumps(result.to_dict(), indent=2))
+    raise_if_mismatch(result)
+    print(f"exported {result.output}")
+    if result.parity is not None:
+        print(result.parity.summary())
+    return 0

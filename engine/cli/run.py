@@ -1,0 +1,295 @@
+"""`vistream run`: a pipeline over files, cameras or streams into an output directory.
+
+Stops (SIGINT, SIGTERM) drain the frames in flight and finalize every output; the summary
+(``summary.json``) is written whatever ended the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from engine import __version__
+from engine.checks import check_number, check_optional_int
+from engine.config import load_pipeline, parse_sources
+from engine.errors import ConfigError, SinkError
+from engine.metrics.prometheus import MetricsServer
+from engine.metrics.run import status_line
+from engine.pipeline import Pipeline
+from engine.sinks.outputs import open_outputs, source_paths
+
+logger = logging.getLogger(__name__)
+
+_STATUS_INTERVAL_S = 5.0
+
+
+def add_subcommand(subparsers: Any) -> None:
+    """Register ``vistream run``."""
+    run = subparsers.add_parser(
+        "run",
+        help="run a pipeline on files, cameras or streams",
+        description="Run a pipeline on one or more sources. Live sources (rtsp://, /dev/videoN, "
+        "endless test://) reconnect forever and process the latest frame; files are read to their "
+        "end, every frame. With several sources, annotated_<id>.mp4 and tracks_<layer>_<id>.txt "
+        "are written per source; events.jsonl holds every source.",
+    )
+    run.add_argument(
+        "sources",
+        nargs="*",
+        metavar="SOURCE",
+        help="video file, file:// or rtsp:// URI, /dev/videoN, test://; default: the pipeline's source(s)",
+    )
+    run.add_argument("--pipeline", default="default", help="pipeline YAML file, or the name of a shipped one")
+    run.add_argument("--out", type=Path, default=None, help="output directory (default out/<source>)")
+    run.add_argument("--max-frames", type=int, default=None, help="stop each source after N frames")
+    run.add_argument("--device", default=None, help="cpu, cuda or cuda:N (overrides the pipeline)")
+    run.add_argument("--batch-size", type=int, default=None, help="frames per stage call")
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="batches in the leading concurrent stages (detect) at once (overrides the pipeline)",
+    )
+    run.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=None,
+        help="how long an incomplete batch waits for more frames (default 20)",
+    )
+    run.add_argument(
+        "--frame-policy",
+        choices=("latest", "all"),
+        default=None,
+        help="latest: drop stale frames (default for live sources); all: every frame (default for files)",
+    )
+    run.add_argument(
+        "--drain-timeout-s",
+        type=float,
+        default=None,
+        help="on SIGINT/SIGTERM, how long queued frames are still processed (default 10)",
+    )
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics on this port (0: any free port)",
+    )
+    run.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics server")
+    run.add_argument(
+        "--status-interval-s",
+        type=float,
+        default=_STATUS_INTERVAL_S,
+        help="seconds between status lines of live runs",
+    )
+    run.add_argument("--no-video", action="store_true", help="do not write annotated video")
+    run.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
+    run.set_defaults(handler=run_command)
+
+
+def limit_malloc_arenas(arenas: int = 2) -> bool:
+    """Cap glibc's malloc arenas, as ``MALLOC_ARENA_MAX=2`` would, for long live runs.
+
+    Frames are decoded on GStreamer and reader threads and freed on the pipeline thread; with
+    glibc's default (8 arenas per core) the freed memory fragments across arenas and the
+    resident size creeps up for as long as cameras run: ``benchmarks/soak.py`` measured about
+    +3 MB/min with the default and a flat line with 2 arenas, at the same fps. Call it before
+    any thread starts. Does nothing when ``MALLOC_ARENA_MAX`` is set or libc is not glibc.
+
+    Returns:
+        True when the cap was set.
+    """
+    if "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_arena_max = -8  # from glibc's malloc.h
+    return bool(libc.mallopt(m_arena_max, arenas))
+
+
+def run_command(args: argparse.Namespace) -> int:
+    limit_malloc_arenas()
+
+    spec = load_pipeline(args.pipeline).override(
+        from_cli=True,
+        device=args.device,
+        batch_size=args.batch_size,
+        max_wait_ms=args.max_wait_ms,
+        workers=args.workers,
+        drain_timeout_s=args.drain_timeout_s,
+    )
+    check_optional_int("--max-frames", args.max_frames, low=1)
+    check_number("--status-interval-s", args.status_interval_s, low=0, low_open=True)
+    if args.sources:
+        sources = parse_sources(list(args.sources), frame_policy=args.frame_policy)
+    elif spec.sources:
+        sources = tuple(
+            replace(source, frame_policy=args.frame_policy or source.frame_policy) for source in spec.sources
+        )
+    else:
+        raise ConfigError("no source: give SOURCE arguments or set 'source'/'sources' in the pipeline")
+    ids = [source.id for source in sources]
+    feeds = [source.build() for source in sources]
+    pipeline = Pipeline.from_spec(spec, with_drawing=not args.no_video)
+    default_out = ids[0] if len(ids) == 1 else f"{ids[0]}+{len(ids) - 1}"
+    out_dir: Path = args.out if args.out is not None else Path("out") / default_out
+    outputs = open_outputs(out_dir, pipeline, write_video=not args.no_video, source_ids=ids)
+    server = None
+    if args.metrics_port is not None:
+        server = MetricsServer(pipeline, port=args.metrics_port, host=args.metrics_host)
+
+    progress = _Progress(
+        pipeline, quiet=args.quiet, max_frames=args.max_frames, interval_s=args.status_interval_s
+    )
+    _install_signal_handlers(pipeline)
+    status = "failed"
+    try:
+        pipeline.run(feeds, outputs.sinks, max_frames=args.max_frames, on_batch=progress.update)
+        status = "stopped" if pipeline.stop_requested else "completed"
+    finally:
+        progress.close()
+        if server is not None:
+            server.close()
+        paths = source_paths(outputs.paths, ids) if len(ids) > 1 else outputs.paths
+        summary = _summary(pipeline, status, paths)
+        summary_error = _write_summary(out_dir / "summary.json", summary)
+    if summary_error is not None:
+        raise summary_error
+    _print_report(summary, out_dir, quiet=args.quiet)
+    return 0
+
+
+def _write_summary(path: Path, summary: dict[str, Any]) -> SinkError | None:
+    """Write summary.json; a failure (a full disk) is logged and returned, never raised here,
+    so it cannot hide the error that ended the run."""
+    try:
+        path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    except OSError as error:
+        logger.error("cannot write %s: %s", path, error.strerror)
+        return SinkError(f"cannot write {path}: {error.strerror}")
+    return None
+
+
+def _install_signal_handlers(pipeline: Any) -> None:
+    """First SIGINT/SIGTERM: stop intake, drain queued frames, finalize; second: exit at once."""
+
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        if pipeline.stop_requested:
+            # Outputs are flushed per batch (and the mp4 is fragmented), so what was written
+            # stays valid even though nothing is finalized now.
+            logger.warning("second %s: exiting immediately", signal.Signals(signum).name)
+            os._exit(128 + signum)
+        logger.warning("%s: stopping after the frames in flight", signal.Signals(signum).name)
+        pipeline.request_stop()
+
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
+
+
+class _Progress:
+    """A progress bar while every source is a file; otherwise a status line every few seconds
+    (on its own thread, so it also speaks while every camera is down)."""
+
+    def __init__(
+        self, pipeline: Any, *, quiet: bool, max_frames: int | None, interval_s: float = _STATUS_INTERVAL_S
+    ) -> None:
+        self.pipeline = pipeline
+        self.quiet = quiet
+        self.max_frames = max_frames
+        self.interval_s = interval_s
+        self.bar: Any = None
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._report, name="vistream-status", daemon=True)
+        if not quiet:
+            self._thread.start()
+
+    def update(self, batch: Any) -> None:
+        infos = [state.info for state in self.pipeline.sources.values()]
+        if self.quiet or not infos or any(info.live for info in infos):
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            counts = [_expected_frames(info.frame_count, self.max_frames) for info in infos]
+            total = None if None in counts else sum(n for n in counts if n is not None)
+            self.bar = tqdm(total=total, unit="frame", dynamic_ncols=True)
+        self.bar.update(len(batch))
+
+    def _report(self) -> None:
+        before, before_s = None, time.monotonic()
+        while not self._closed.wait(self.interval_s):
+            if not any(state.info.live for state in self.pipeline.sources.values()):
+                continue
+            snapshot, now_s = self.pipeline.metrics.snapshot(), time.monotonic()
+            logger.info(
+                "status: %s", status_line(snapshot, before, now_s - before_s, self.pipeline.queue_depths())
+            )
+            before, before_s = snapshot, now_s
+
+    def close(self) -> None:
+        self._closed.set()
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _expected_frames(frame_count: int | None, max_frames: int | None) -> int | None:
+    known = [n for n in (frame_count, max_frames) if n]
+    return min(known) if known else None
+
+
+def _summary(pipeline: Any, status: str, paths: dict[str, str]) -> dict[str, Any]:
+    summary: dict[str, Any] = {"status": status, "vistream": __version__}
+    sources = {}
+    for source_id, state in pipeline.sources.items():
+        info = state.info
+        sources[source_id] = {
+            "uri": info.uri,  # masked by the source
+            "width": info.width,
+            "height": info.height,
+            "fps": info.fps,
+            "live": info.live,
+            "status": state.status,
+            "segments": state.segments,
+            **({"error": state.error} if state.error else {}),
+        }
+    if len(sources) == 1:
+        summary["source"] = {"id": next(iter(sources)), **next(iter(sources.values()))}
+    summary["sources"] = sources
+    summary.update(pipeline.metrics.summary())
+    try:
+        summary["stages"] = pipeline.stage_summaries()
+    except Exception:  # a broken summary() must not lose the rest of the report
+        logger.exception("a stage summary failed")
+    summary["outputs"] = paths
+    return summary
+
+
+def _print_report(summary: dict[str, Any], out_dir: Path, *, quiet: bool) -> None:
+    if quiet:
+        return
+    print(
+        f"{summary['frames']} frames in {summary['wall_s']} s ({summary['fps']} fps), "
+        f"status {summary['status']}"
+    )
+    for layer, counts in summary.get("detections_per_class", {}).items():
+        top = ", ".join(f"{name} {count}" for name, count in list(counts.items())[:5])
+        tracks = summary.get("unique_tracks", {}).get(layer)
+        print(f"  {layer}: {top}" + (f"; {tracks} tracks" if tracks is not None else ""))
+    if summary["skipped_frames"]:
+        print(f"  skipped frames: {summary['skipped_frames']} ({summary['errors']})")
+    print(f"outputs in {out_dir}/: " + ", ".join(Path(p).name for p in summary["outputs"].values()))
+
+

@@ -1,0 +1,1 @@
+"""Plane geometry: homographies between image pixels and road metres, and calibration files."""

@@ -1,0 +1,74 @@
+"""The standard outputs of `vistream run`: which sinks go into an output directory."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.errors import SinkError
+from engine.pipeline import Pipeline
+from engine.sinks import JsonlSink, MotSink, VideoSink
+from engine.sinks.base import SOURCE_PLACEHOLDER, Sink
+
+
+@dataclass
+class Outputs:
+    """The sinks of a run and the files they write (name → path; per-source files of a
+    multi-source run are given with ``{source_id}`` in the path)."""
+
+    sinks: list[Sink]
+    paths: dict[str, str]
+
+
+def tracked_layers(pipeline: Pipeline) -> list[str]:
+    """Layers that stages of the pipeline give track ids to (their declared
+    ``tracked_layers``), in stage order: any tracker, built in or not, gets its MOT file."""
+    layers = [layer for named in pipeline.stages for layer in named.stage.tracked_layers]
+    return list(dict.fromkeys(layers))
+
+
+def open_outputs(
+    out_dir: Path, pipeline: Pipeline, *, write_video: bool, source_ids: Sequence[str] = ()
+) -> Outputs:
+    """Create the output directory and the sinks for it.
+
+    Files: ``events.jsonl`` (one JSON object per frame, every source, with its ``source``),
+    ``annotated.mp4`` (unless ``write_video`` is False), ``tracks_<layer>.txt``
+    (MOTChallenge) for each tracked layer; the CLI adds ``summary.json`` at the end. With
+    several ``source_ids`` the video and track files are per source:
+    ``annotated_<source_id>.mp4`` and ``tracks_<layer>_<source_id>.txt``.
+
+    Raises:
+        SinkError: The directory cannot be created or written.
+    """
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SinkError(f"cannot create output directory {out_dir}: {error.strerror}") from error
+    per_source = f"_{SOURCE_PLACEHOLDER}" if len(source_ids) > 1 else ""
+    sinks: list[Sink] = [JsonlSink(out_dir / "events.jsonl")]
+    paths = {"events": str(out_dir / "events.jsonl")}
+    if write_video:
+        path = out_dir / f"annotated{per_source}.mp4"
+        sinks.append(VideoSink(path))
+        paths["video"] = str(path)
+    for layer in tracked_layers(pipeline):
+        path = out_dir / f"tracks_{layer}{per_source}.txt"
+        sinks.append(MotSink(path, layer=layer))
+        paths[f"tracks_{layer}"] = str(path)
+    paths["summary"] = str(out_dir / "summary.json")
+    return Outputs(sinks=sinks, paths=paths)
+
+
+def source_paths(paths: dict[str, str], source_ids: Sequence[str]) -> dict[str, str]:
+    """``paths`` with each ``{source_id}`` path expanded to one entry per source
+    (``video`` → ``video_<id>``): the files a multi-source run really wrote."""
+    expanded: dict[str, str] = {}
+    for name, path in paths.items():
+        if SOURCE_PLACEHOLDER in path:
+            for source_id in source_ids:
+                expanded[f"{name}_{source_id}"] = path.replace(SOURCE_PLACEHOLDER, source_id)
+        else:
+            expanded[name] = path
+    return expanded
