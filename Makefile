@@ -30,6 +30,8 @@ bench: setup
 
 lint: setup
 	$(VENV)/bin/ruff check engine plugins tests benchmarks
+	$(VENV)/bin/ruff format --check engine plugins tests benchmarks
+	$(VENV)/bin/mypy engine plugins
 
 clean:
 	rm -rf $(VENV) out

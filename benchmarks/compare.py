@@ -123,18 +123,18 @@ def child_ultralytics(
     fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
 
     speed = solutions.SpeedEstimator(
-            model=str(model),
-            tracker="bytetrack.yaml",
-            conf=CONFIDENCE,
-            iou=IOU,
-            imgsz=IMGSZ,
-            device="cpu",
-            show=False,
-            verbose=False,
-            fps=fps,
-            meter_per_pixel=meter_per_pixel,
-            classes=[2, 3, 5, 7],  # COCO ids of car, motorcycle, bus, truck (checked below)
-        )
+        model=str(model),
+        tracker="bytetrack.yaml",
+        conf=CONFIDENCE,
+        iou=IOU,
+        imgsz=IMGSZ,
+        device="cpu",
+        show=False,
+        verbose=False,
+        fps=fps,
+        meter_per_pixel=meter_per_pixel,
+        classes=[2, 3, 5, 7],  # COCO ids of car, motorcycle, bus, truck (checked below)
+    )
     if sorted(speed.names[i] for i in (2, 3, 5, 7)) != sorted(VEHICLES):
         raise RuntimeError(f"unexpected class names {speed.names}")
     writer = None

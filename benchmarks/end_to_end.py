@@ -131,9 +131,12 @@ def main() -> int:
     frame_count = len(frames)
     have_ultralytics = not args.skip_ultralytics and importable("ultralytics")
     runs: dict[str, list[float]] = {
-        "ort_model_only": [], "ort_model_only_1_thread": [], "ort_model_only_2_at_once": [],
+        "ort_model_only": [],
+        "ort_model_only_1_thread": [],
+        "ort_model_only_2_at_once": [],
         "vistream_no_video": [],
-        "vistream_no_video_1_worker": [], "vistream_video": [],
+        "vistream_no_video_1_worker": [],
+        "vistream_video": [],
     }
     if have_ultralytics:
         runs["ultralytics_track"] = []

@@ -98,8 +98,9 @@ def accuracy(shared: Path, model: Path, detector_model: Path, label_map: dict[st
         "images": len(photos),
         "model_labels": list(classifier.labels),
         "model_labels_as_dataset": names,
-        "dropped_labels": {str(k): int(v) for k, v in zip(*np.unique(truth[~known], return_counts=True),
-                                                          strict=True)},
+        "dropped_labels": {
+            str(k): int(v) for k, v in zip(*np.unique(truth[~known], return_counts=True), strict=True)
+        },
         "alignments": {},
     }
     for name, (align_options, roll_search) in ALIGNMENTS.items():
@@ -143,8 +144,10 @@ def _per_face_ms(function: Any, batches: list[Any], batch_size: int, repeats: in
             started = time.perf_counter()
             function(batch)
             samples.append((time.perf_counter() - started) * 1000 / batch_size)
-    return {"median_ms_per_face": round(float(np.median(samples)), 4),
-            "p95_ms_per_face": round(float(np.percentile(samples, 95)), 4)}
+    return {
+        "median_ms_per_face": round(float(np.median(samples)), 4),
+        "p95_ms_per_face": round(float(np.percentile(samples, 95)), 4),
+    }
 
 
 def cost(shared: Path, model: Path, detector_model: Path, repeats: int) -> dict[str, Any]:
@@ -184,16 +187,23 @@ def cost(shared: Path, model: Path, detector_model: Path, repeats: int) -> dict[
         chunks = [frames[start : start + size] for start in range(0, len(frames), size)]
         crop_chunks = [crops[start : start + size] for start in range(0, len(crops), size)]
         table.setdefault("detect", {})[str(size)] = _per_face_ms(
-            lambda chunk: detector(fresh(chunk)), chunks, size, repeats)
+            lambda chunk: detector(fresh(chunk)), chunks, size, repeats
+        )
         table.setdefault("classify", {})[str(size)] = _per_face_ms(
-            classifier.classify, crop_chunks, size, repeats)
+            classifier.classify, crop_chunks, size, repeats
+        )
         for name, aligner in aligners.items():
             table.setdefault(name, {})[str(size)] = _per_face_ms(
-                lambda chunk, a=aligner: a(fresh(chunk)), chunks, size, repeats)
+                lambda chunk, a=aligner: a(fresh(chunk)), chunks, size, repeats
+            )
     sizes = np.array([frame.image.shape[:2] for frame in frames])
-    return {"photos": len(frames), "faces_per_photo": 1,
-            "photo_median_hw": np.median(sizes, axis=0).astype(int).tolist(),
-            "repeats": repeats, "per_stage": table}
+    return {
+        "photos": len(frames),
+        "faces_per_photo": 1,
+        "photo_median_hw": np.median(sizes, axis=0).astype(int).tolist(),
+        "repeats": repeats,
+        "per_stage": table,
+    }
 
 
 def machine() -> dict[str, Any]:
@@ -201,9 +211,15 @@ def machine() -> dict[str, Any]:
     import cv2
     import onnxruntime
 
-    facts = {"platform": platform.platform(), "python": platform.python_version(),
-             "cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-             "device": "cpu", "opencv": cv2.__version__, "onnxruntime": onnxruntime.__version__}
+    facts = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "device": "cpu",
+        "opencv": cv2.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
     try:
         import torch
 
@@ -252,8 +268,12 @@ def main() -> int:
     parser.add_argument("--label-map", default=None, help="model=dataset label pairs, comma-separated")
     parser.add_argument("--out", type=Path, default=Path("out/bench"))
     parser.add_argument("--repeats", type=int, default=20, help="passes over the photos per batch size")
-    parser.add_argument("--torch-threads", type=int, default=1,
-                        help="torch CPU threads for the kornia path (default 1: stable on shared machines)")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="torch CPU threads for the kornia path (default 1: stable on shared machines)",
+    )
     args = parser.parse_args()
     try:
         import torch
@@ -278,13 +298,17 @@ def main() -> int:
     print("|---|---|---|---|---|")
     for name, row in acc["alignments"].items():
         low, high = row["accuracy_ci95"]
-        print(f"| {name} | {row['evaluated']} | {row['accuracy']:.3f} | {low:.2f}-{high:.2f} "
-              f"| {row['accuracy_counting_dropped_as_wrong']:.3f} |")
+        print(
+            f"| {name} | {row['evaluated']} | {row['accuracy']:.3f} | {low:.2f}-{high:.2f} "
+            f"| {row['accuracy_counting_dropped_as_wrong']:.3f} |"
+        )
     print("\n| stage | " + " | ".join(f"batch {b} ms/face (median, p95)" for b in BATCH_SIZES) + " |")
     print("|---|" + "---|" * len(BATCH_SIZES))
     for stage, rows in report["cost"]["per_stage"].items():
-        cells = [f"{rows[str(b)]['median_ms_per_face']:.3f}, {rows[str(b)]['p95_ms_per_face']:.3f}"
-                 for b in BATCH_SIZES]
+        cells = [
+            f"{rows[str(b)]['median_ms_per_face']:.3f}, {rows[str(b)]['p95_ms_per_face']:.3f}"
+            for b in BATCH_SIZES
+        ]
         print(f"| {stage} | " + " | ".join(cells) + " |")
     print(f"\nwrote {args.out / 'face_accuracy.json'} and {args.out / 'face_accuracy.png'}")
     return 0

@@ -63,20 +63,24 @@ class Sampler:
             now = self.pipeline.metrics.snapshot()
             now_s = time.monotonic()
             fresh = sum(now.frames_out.values()) - sum(before.frames_out.values())
-            ages = [series.recent(now.frames_out[sid] - before.frames_out[sid])
-                    for sid, series in now.frame_age_ms.items()]
+            ages = [
+                series.recent(now.frames_out[sid] - before.frames_out[sid])
+                for sid, series in now.frame_age_ms.items()
+            ]
             ages_ms = np.concatenate(ages) if ages else np.zeros(0)
-            self.samples.append({
-                "t_s": round(now_s - self._started_s, 2),
-                "rss_mb": round(rss_mb(), 2),
-                "fps": round(fresh / (now_s - before_s), 2),
-                "age_p50_ms": round(float(np.percentile(ages_ms, 50)), 1) if ages_ms.size else None,
-                "age_p99_ms": round(float(np.percentile(ages_ms, 99)), 1) if ages_ms.size else None,
-                "frames_out": sum(now.frames_out.values()),
-                "dropped": sum(now.frames_dropped.values()),
-                "reconnects": sum(now.reconnects.values()),
-                "threads": threading.active_count(),
-            })
+            self.samples.append(
+                {
+                    "t_s": round(now_s - self._started_s, 2),
+                    "rss_mb": round(rss_mb(), 2),
+                    "fps": round(fresh / (now_s - before_s), 2),
+                    "age_p50_ms": round(float(np.percentile(ages_ms, 50)), 1) if ages_ms.size else None,
+                    "age_p99_ms": round(float(np.percentile(ages_ms, 99)), 1) if ages_ms.size else None,
+                    "frames_out": sum(now.frames_out.values()),
+                    "dropped": sum(now.frames_dropped.values()),
+                    "reconnects": sum(now.reconnects.values()),
+                    "threads": threading.active_count(),
+                }
+            )
             before, before_s = now, now_s
 
 
@@ -92,8 +96,12 @@ def memory_verdict(samples: list[dict[str, Any]], warmup_s: float) -> dict[str, 
     growth_mb = float(slope * span_min)
     return {
         "warmup_s": warmup_s,
-        "rss_after_warmup_mb": {"min": round(float(rss.min()), 1), "max": round(float(rss.max()), 1),
-                                "first": round(float(rss[0]), 1), "last": round(float(rss[-1]), 1)},
+        "rss_after_warmup_mb": {
+            "min": round(float(rss.min()), 1),
+            "max": round(float(rss.max()), 1),
+            "first": round(float(rss[0]), 1),
+            "last": round(float(rss[-1]), 1),
+        },
         "slope_mb_per_min": round(float(slope), 3),
         "implied_growth_mb": round(growth_mb, 2),
         # Flat: less than 2 % (or 5 MB) of drift over the measured span.
@@ -131,11 +139,18 @@ def main() -> int:
     parser.add_argument("--fps", type=float, default=15.0, help="frame rate of each replayed camera")
     parser.add_argument("--video", type=Path, default=None, help="recording to replay (default: highway)")
     parser.add_argument("--pipeline", default="default")
-    parser.add_argument("--flap-every-s", type=float, default=0.0,
-                        help="add an RTSP test camera killed and restarted this often (0: none)")
+    parser.add_argument(
+        "--flap-every-s",
+        type=float,
+        default=0.0,
+        help="add an RTSP test camera killed and restarted this often (0: none)",
+    )
     parser.add_argument("--write-video", action="store_true", help="also write annotated mp4s")
-    parser.add_argument("--default-malloc", action="store_true",
-                        help="keep glibc's default malloc arenas (vistream run caps them at 2)")
+    parser.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="keep glibc's default malloc arenas (vistream run caps them at 2)",
+    )
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "out" / "soak")
     options = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -157,10 +172,16 @@ def main() -> int:
     feeds: list[Feed] = []
     for number in range(options.cameras):
         source_id = f"cam{number}"
-        feeds.append(Feed(LiveReplaySource(
-            lambda source_id=source_id: open_source(str(video), source_id=source_id),
-            source_id=source_id, fps=options.fps, phase=number / max(options.cameras, 1),
-        )))
+        feeds.append(
+            Feed(
+                LiveReplaySource(
+                    lambda source_id=source_id: open_source(str(video), source_id=source_id),
+                    source_id=source_id,
+                    fps=options.fps,
+                    phase=number / max(options.cameras, 1),
+                )
+            )
+        )
     camera = None
     if options.flap_every_s > 0:
         from engine.sources.supervised import ReconnectPolicy, open_supervised
@@ -168,8 +189,13 @@ def main() -> int:
 
         camera = RtspCamera(width=320, height=240, fps=15)
         camera.start()
-        feeds.append(Feed(open_supervised(camera.url("soak:secret"), source_id="rtsp",
-                                          policy=ReconnectPolicy(stall_timeout_s=3.0))))
+        feeds.append(
+            Feed(
+                open_supervised(
+                    camera.url("soak:secret"), source_id="rtsp", policy=ReconnectPolicy(stall_timeout_s=3.0)
+                )
+            )
+        )
     spec = load_pipeline(options.pipeline)
     pipeline = Pipeline.from_spec(spec, with_drawing=options.write_video)
     ids = [f"cam{n}" for n in range(options.cameras)] + (["rtsp"] if camera else [])
@@ -186,9 +212,12 @@ def main() -> int:
             error.append(failure)
 
     runner = threading.Thread(target=run, name="soak-pipeline")
-    print(f"soak: {options.cameras} replayed camera(s) at {options.fps:g} fps"
-          + (f" + an RTSP camera flapping every {options.flap_every_s:g} s" if camera else "")
-          + f", pipeline {options.pipeline}, {options.minutes:g} min", flush=True)
+    print(
+        f"soak: {options.cameras} replayed camera(s) at {options.fps:g} fps"
+        + (f" + an RTSP camera flapping every {options.flap_every_s:g} s" if camera else "")
+        + f", pipeline {options.pipeline}, {options.minutes:g} min",
+        flush=True,
+    )
     started_s = time.monotonic()
     sampler.start()
     runner.start()
@@ -214,14 +243,19 @@ def main() -> int:
     verdict = memory_verdict(samples, warmup_s)
     after = [s for s in samples if s["t_s"] >= warmup_s] or samples
     report = {
-        "machine": {"platform": platform.platform(), "python": sys.version.split()[0],
-                    "cpus": os.cpu_count()},
+        "machine": {
+            "platform": platform.platform(),
+            "python": sys.version.split()[0],
+            "cpus": os.cpu_count(),
+        },
         "options": {key: str(value) for key, value in vars(options).items()},
         "duration_s": round(time.monotonic() - started_s, 1),
         "camera_kills": flaps,
         "memory": verdict,
-        "fps_after_warmup": {"mean": round(float(np.mean([s["fps"] for s in after])), 2),
-                             "min": round(float(np.min([s["fps"] for s in after])), 2)},
+        "fps_after_warmup": {
+            "mean": round(float(np.mean([s["fps"] for s in after])), 2),
+            "min": round(float(np.min([s["fps"] for s in after])), 2),
+        },
         "frame_age_p99_ms_after_warmup": {
             "median": round(float(np.median([s["age_p99_ms"] for s in after if s["age_p99_ms"]])), 1),
             "max": round(float(np.max([s["age_p99_ms"] for s in after if s["age_p99_ms"]])), 1),
@@ -232,17 +266,25 @@ def main() -> int:
     options.out.mkdir(parents=True, exist_ok=True)
     (options.out / "soak.json").write_text(json.dumps(report, indent=2) + "\n")
     if plt is not None:
-        plot(plt, samples, warmup_s, options.out / "soak.png",
-             f"{options.cameras} cameras @ {options.fps:g} fps, {options.pipeline} pipeline"
-             + (f", RTSP camera killed {flaps}x" if camera else "") + f"; {platform.node()}")
+        plot(
+            plt,
+            samples,
+            warmup_s,
+            options.out / "soak.png",
+            f"{options.cameras} cameras @ {options.fps:g} fps, {options.pipeline} pipeline"
+            + (f", RTSP camera killed {flaps}x" if camera else "")
+            + f"; {platform.node()}",
+        )
 
     print("\n| t (min) | RSS (MiB) | fps | age p50 (ms) | age p99 (ms) | dropped | reconnects |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     step = max(1, len(samples) // 12)
     for sample in samples[::step]:
-        print(f"| {sample['t_s'] / 60:.1f} | {sample['rss_mb']:.1f} | {sample['fps']:.1f} | "
-              f"{sample['age_p50_ms']} | {sample['age_p99_ms']} | {sample['dropped']} | "
-              f"{sample['reconnects']} |")
+        print(
+            f"| {sample['t_s'] / 60:.1f} | {sample['rss_mb']:.1f} | {sample['fps']:.1f} | "
+            f"{sample['age_p50_ms']} | {sample['age_p99_ms']} | {sample['dropped']} | "
+            f"{sample['reconnects']} |"
+        )
     print(f"\nmemory after {warmup_s:.0f} s warm-up: {verdict}")
     print(f"results in {options.out}/: soak.json" + (", soak.png" if plt is not None else ""))
     return 0 if verdict.get("flat") in (True, None) else 1

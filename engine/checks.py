@@ -50,7 +50,9 @@ def check_int(name: str, value: Any, *, low: int | None = None, high: int | None
     return int(value)
 
 
-def check_optional_int(name: str, value: Any, *, low: int | None = None, high: int | None = None) -> int | None:
+def check_optional_int(
+    name: str, value: Any, *, low: int | None = None, high: int | None = None
+) -> int | None:
     """None, or what :func:`check_int` accepts."""
     return None if value is None else check_int(name, value, low=low, high=high)
 

@@ -33,7 +33,7 @@ import types
 import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -84,7 +84,7 @@ class StageSpec:
 
     position: int
     name: str
-    stage_class: type
+    stage_class: type[Stage]
     arguments: dict[str, Any]
 
     @property
@@ -95,7 +95,7 @@ class StageSpec:
     def build(self) -> Stage:
         """Construct the stage; constructor errors become ConfigError naming the place."""
         try:
-            return self.stage_class(**self.arguments)  # type: ignore[no-any-return]
+            return self.stage_class(**self.arguments)
         except EngineError as error:
             raise type(error)(f"{self.place}: {error}") from error
         except (TypeError, ValueError) as error:
@@ -259,8 +259,7 @@ def parse_pipeline(document: Any, *, config_dir: Path) -> PipelineSpec:
             raise ConfigError("'sources' must be a non-empty list of URIs or mappings with 'uri'")
     sources = parse_sources(_expand_sources(entries, variables), config_dir=config_dir)
     stages = [
-        _parse_stage(position, entry, config_dir, variables)
-        for position, entry in enumerate(stages_document)
+        _parse_stage(position, entry, config_dir, variables) for position, entry in enumerate(stages_document)
     ]
     names = [spec.name for spec in stages]
     duplicates = sorted({name for name in names if names.count(name) > 1})
@@ -310,7 +309,8 @@ def bind_arguments(
         ConfigError: An unexpected or missing argument, or a value of the wrong type.
     """
     variables = variables if variables is not None else default_variables()
-    signature = inspect.signature(stage_class.__init__)
+    constructor = cast(Any, stage_class).__init__  # through Any: mypy refuses __init__ on a class
+    signature = inspect.signature(constructor)
     parameters = {
         name: parameter
         for name, parameter in signature.parameters.items()
@@ -329,7 +329,7 @@ def bind_arguments(
     if missing:
         raise ConfigError(f"{place}: missing required argument '{missing[0]}'")
     try:
-        hints = typing.get_type_hints(stage_class.__init__)
+        hints = typing.get_type_hints(constructor)
     except Exception:  # unresolvable annotations: bind without type checks
         hints = {}
     bound: dict[str, Any] = {}
@@ -418,4 +418,3 @@ def _expand(text: str, variables: dict[str, str], where: str) -> str:
         raise ConfigError(f"{where}: environment variable '{name}' is not set")
 
     return _VARIABLE.sub(replace, text)
-

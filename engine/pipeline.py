@@ -44,6 +44,7 @@ from engine.stage import Context, NamedStage
 
 logger = logging.getLogger(__name__)
 
+
 class PipelineObserver(Protocol):
     """Sees every stage call and every batch output, e.g. to record per-frame timelines.
 
@@ -188,7 +189,12 @@ class Pipeline:
                 self.sources[info.source_id] = SourceState(info=info, segments=0 if _supervised(feed) else 1)
                 self._infos[info.source_id] = info
                 self._readers.append(
-                    FeedReader(feed, info, condition, read_ahead_frames=max(settings.read_ahead_frames, settings.batch_size))
+                    FeedReader(
+                        feed,
+                        info,
+                        condition,
+                        read_ahead_frames=max(settings.read_ahead_frames, settings.batch_size),
+                    )
                 )
                 self.metrics.update_source(
                     info.source_id, state="down" if _supervised(feed) else "up", frames_in=0, frames_dropped=0
@@ -351,8 +357,9 @@ class Pipeline:
             frame.skipped_reason = reason
         if kind not in self._logged_errors:  # once per kind, not once per frame
             self._logged_errors.add(kind)
-            logger.warning("%s: %s (skipping; later errors of this kind are counted only)",
-                           where, error, exc_info=error)
+            logger.warning(
+                "%s: %s (skipping; later errors of this kind are counted only)", where, error, exc_info=error
+            )
 
 
 def _as_feeds(sources: Source | Feed | Sequence[Source | Feed]) -> list[Feed]:

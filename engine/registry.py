@@ -10,9 +10,10 @@ import importlib
 import inspect
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
+from typing import Any, cast
 
 from engine.errors import PluginError
-from engine.stage import missing_members
+from engine.stage import Stage, missing_members
 
 #: Entry-point group under which stage classes are registered.
 STAGE_GROUP = "vistream.stages"
@@ -49,7 +50,7 @@ def installed_stages() -> list[StageInfo]:
     ]
 
 
-def resolve_stage(spec: str) -> type:
+def resolve_stage(spec: str) -> type[Stage]:
     """Return the stage class named by ``spec``.
 
     Args:
@@ -71,7 +72,7 @@ def resolve_stage(spec: str) -> type:
     return _import_class(entry_point.value, origin=f"{spec} ({entry_point.value})")
 
 
-def _import_class(target: str, *, origin: str) -> type:
+def _import_class(target: str, *, origin: str) -> type[Stage]:
     module_name, _, class_name = target.partition(":")
     if not module_name or not class_name:
         raise PluginError(f"stage '{origin}': expected 'package.module:Class'")
@@ -79,7 +80,7 @@ def _import_class(target: str, *, origin: str) -> type:
         module = importlib.import_module(module_name)
     except ImportError as error:
         raise PluginError(f"stage '{origin}': cannot import module '{module_name}': {error}") from error
-    value = module
+    value: Any = module
     for part in class_name.split("."):
         value = getattr(value, part, None)
         if value is None:
@@ -92,7 +93,7 @@ def _import_class(target: str, *, origin: str) -> type:
             f"stage '{origin}': {class_name} lacks {', '.join(missing)} of the stage contract "
             "(subclass engine.stage.BaseStage for the defaults)"
         )
-    return value
+    return cast("type[Stage]", value)
 
 
 def first_doc_line(cls: type) -> str:

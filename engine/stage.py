@@ -81,7 +81,14 @@ class Stage(Protocol):
 
 #: Every member of :class:`Stage`, as :func:`missing_members` checks them.
 STAGE_MEMBERS = (
-    "draws", "concurrent", "tracked_layers", "open", "__call__", "end_of_stream", "close", "summary"
+    "draws",
+    "concurrent",
+    "tracked_layers",
+    "open",
+    "__call__",
+    "end_of_stream",
+    "close",
+    "summary",
 )
 
 

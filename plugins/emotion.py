@@ -183,8 +183,13 @@ class EmotionClassifier(BaseStage):
         self.layer = layer
         self.threshold = float(threshold)
         self._overrides: dict[str, Any] = {
-            "labels": labels, "color": color, "scale": scale, "mean": mean, "std": std,
-            "softmax": softmax, "output_name": output_name,
+            "labels": labels,
+            "color": color,
+            "scale": scale,
+            "mean": mean,
+            "std": std,
+            "softmax": softmax,
+            "output_name": output_name,
         }
         self.output_probs = output_probs
         self.smoothing_alpha = None if smoothing_alpha in (None, 1.0) else float(smoothing_alpha)
@@ -218,8 +223,13 @@ class EmotionClassifier(BaseStage):
             )
         logger.info(
             "emotion classifier %s: %d classes (%s), %s %dx%d, batch %s",
-            self.model.name, len(self.spec.labels), ", ".join(self.spec.labels),
-            self.spec.color, self.spec.width, self.spec.height, self.spec.batch or "dynamic",
+            self.model.name,
+            len(self.spec.labels),
+            ", ".join(self.spec.labels),
+            self.spec.color,
+            self.spec.width,
+            self.spec.height,
+            self.spec.batch or "dynamic",
         )
 
     def classify(self, crops: np.ndarray) -> np.ndarray:

@@ -55,8 +55,14 @@ EMOTION_SYNONYMS: dict[str, str] = {
 _NUMBER = r"([-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)"
 _FORMULA_AFFINE = re.compile(rf"x\s*=\s*\(\s*x\s*/\s*{_NUMBER}\s*-\s*{_NUMBER}\s*\)\s*([*/])\s*{_NUMBER}")
 _FORMULA_SCALE = re.compile(rf"x\s*=\s*x\s*/\s*{_NUMBER}(?!\s*-)")
-_COLOR_WORDS = {"grayscale": "gray", "greyscale": "gray", "gray": "gray", "grey": "gray",
-                "rgb": "rgb", "bgr": "bgr"}
+_COLOR_WORDS = {
+    "grayscale": "gray",
+    "greyscale": "gray",
+    "gray": "gray",
+    "grey": "gray",
+    "rgb": "rgb",
+    "bgr": "bgr",
+}
 
 
 def canonical_emotion(label: str) -> str:
@@ -112,9 +118,16 @@ class ClassifierSpec:
         """
         crops = np.asarray(crops)
         if crops.shape[1:3] != (self.height, self.width):
-            crops = np.stack(
-                [cv2.resize(crop, (self.width, self.height), interpolation=cv2.INTER_AREA) for crop in crops]
-            ) if len(crops) else np.zeros((0, self.height, self.width, 3), dtype=np.uint8)
+            crops = (
+                np.stack(
+                    [
+                        cv2.resize(crop, (self.width, self.height), interpolation=cv2.INTER_AREA)
+                        for crop in crops
+                    ]
+                )
+                if len(crops)
+                else np.zeros((0, self.height, self.width, 3), dtype=np.uint8)
+            )
         pixels = crops.astype(np.float32)
         if self.color == "gray":
             # ITU-R BT.601 weights, as cv2.COLOR_BGR2GRAY, on all crops at once.

@@ -127,12 +127,8 @@ class ByteTrackStage(BaseStage):
             "track_activation_threshold", track_activation_threshold
         )
         self.minimum_iou_threshold = _check_fraction("minimum_iou_threshold", minimum_iou_threshold)
-        self.high_conf_det_threshold = _check_fraction(
-            "high_conf_det_threshold", high_conf_det_threshold
-        )
-        self.low_conf_det_threshold = _check_fraction(
-            "low_conf_det_threshold", low_conf_det_threshold
-        )
+        self.high_conf_det_threshold = _check_fraction("high_conf_det_threshold", high_conf_det_threshold)
+        self.low_conf_det_threshold = _check_fraction("low_conf_det_threshold", low_conf_det_threshold)
         if self.low_conf_det_threshold > self.high_conf_det_threshold:
             raise ConfigError(
                 f"track: low_conf_det_threshold ({self.low_conf_det_threshold}) must not exceed "

@@ -60,8 +60,10 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip `gpu` and `tensorrt` tests where those are missing (`gst` is checked per test)."""
     skip_gpu = None if _cuda_available() else pytest.mark.skip(reason="needs a CUDA GPU")
-    skip_trt = None if _tensorrt_available() else pytest.mark.skip(
-        reason="needs TensorRT (not installable on these machines)"
+    skip_trt = (
+        None
+        if _tensorrt_available()
+        else pytest.mark.skip(reason="needs TensorRT (not installable on these machines)")
     )
     for item in items:
         if skip_gpu is not None and "gpu" in item.keywords:

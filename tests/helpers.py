@@ -13,15 +13,23 @@ from engine.frame import Batch, Frame, SourceInfo
 from engine.stage import BaseStage, Context
 
 
-def make_frame(index: int = 0, *, source_id: str = "cam0", width: int = 64, height: int = 48,
-               fps: float = 25.0, value: int = 0) -> Frame:
+def make_frame(
+    index: int = 0,
+    *,
+    source_id: str = "cam0",
+    width: int = 64,
+    height: int = 48,
+    fps: float = 25.0,
+    value: int = 0,
+) -> Frame:
     """A frame of one flat grey level with a pts matching its index at ``fps``."""
     image = np.full((height, width, 3), value, dtype=np.uint8)
     return Frame(source_id=source_id, index=index, pts_ns=int(index * 1e9 / fps), image=image)
 
 
-def make_detections(xyxy: list[list[float]], *, class_id: int = 0, confidence: float = 0.9,
-                    class_name: str = "car") -> sv.Detections:
+def make_detections(
+    xyxy: list[list[float]], *, class_id: int = 0, confidence: float = 0.9, class_name: str = "car"
+) -> sv.Detections:
     """Detections of one class with the same confidence."""
     boxes = np.asarray(xyxy, dtype=np.float32).reshape(-1, 4)
     count = len(boxes)
@@ -36,8 +44,9 @@ def make_detections(xyxy: list[list[float]], *, class_id: int = 0, confidence: f
 class ListSource:
     """An in-memory source: yields the given number of frames, then optionally fails."""
 
-    def __init__(self, frame_count: int, *, source_id: str = "cam0", fail_after: int | None = None,
-                 live: bool = False) -> None:
+    def __init__(
+        self, frame_count: int, *, source_id: str = "cam0", fail_after: int | None = None, live: bool = False
+    ) -> None:
         self.frame_count = frame_count
         self.source_id = source_id
         self.fail_after = fail_after
@@ -47,8 +56,15 @@ class ListSource:
 
     def open(self) -> SourceInfo:
         self.opened = True
-        return SourceInfo(source_id=self.source_id, uri="memory://", width=64, height=48, fps=25.0,
-                          live=self.live, frame_count=self.frame_count)
+        return SourceInfo(
+            source_id=self.source_id,
+            uri="memory://",
+            width=64,
+            height=48,
+            fps=25.0,
+            live=self.live,
+            frame_count=self.frame_count,
+        )
 
     def frames(self) -> Iterator[Frame]:
         for index in range(self.frame_count):
@@ -87,8 +103,14 @@ class MemorySink:
 class ProbeStage(BaseStage):
     """Records its lifecycle into a shared journal; can fail on open or on a given frame."""
 
-    def __init__(self, *, label: str = "probe", journal: list[str] | None = None,
-                 fail_open: bool = False, fail_on_frame: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        label: str = "probe",
+        journal: list[str] | None = None,
+        fail_open: bool = False,
+        fail_on_frame: int | None = None,
+    ) -> None:
         self.label = label
         self.journal = journal if journal is not None else []
         self.fail_open = fail_open
@@ -118,4 +140,3 @@ class ProbeStage(BaseStage):
 def frame_indices(frames: list[Frame]) -> list[int]:
     """The index of each frame, in order."""
     return [frame.index for frame in frames]
-

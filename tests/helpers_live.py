@@ -62,7 +62,12 @@ class RtspCamera:
     """
 
     def __init__(
-        self, port: int | None = None, *, width: int = 160, height: int = 120, fps: int = 30,
+        self,
+        port: int | None = None,
+        *,
+        width: int = 160,
+        height: int = 120,
+        fps: int = 30,
         path: str = "/cam",
     ) -> None:
         self.port = port if port is not None else free_port()
@@ -89,9 +94,20 @@ class RtspCamera:
         deadline = time.monotonic() + timeout_s
         while True:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "tests.helpers_live", str(self.port), str(self.width),
-                 str(self.height), str(self.fps), self.path],
-                cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.helpers_live",
+                    str(self.port),
+                    str(self.width),
+                    str(self.height),
+                    str(self.fps),
+                    self.path,
+                ],
+                cwd=REPO_ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
             )
             assert self._process.stdout is not None
             line = self._process.stdout.readline()  # "READY <port>" or EOF on failure
@@ -180,8 +196,9 @@ class RecordingSink:
         """Record every frame of the batch."""
         now_s = time.monotonic()
         for frame in batch:  # type: ignore[attr-defined]
-            self.rows.append((frame.source_id, frame.index, frame.pts_ns, frame.capture_ns, now_s,
-                              list(frame.events)))
+            self.rows.append(
+                (frame.source_id, frame.index, frame.pts_ns, frame.capture_ns, now_s, list(frame.events))
+            )
 
     def end_of_stream(self, source_id: str) -> None:
         """Remember the end."""
@@ -193,8 +210,12 @@ class RecordingSink:
 
     def events(self, kind: str | None = None) -> list[tuple[float, dict]]:
         """``(written_s, event)`` of every event (of one ``type``), in order."""
-        return [(row[4], event) for row in self.rows for event in row[5]
-                if kind is None or event.get("type") == kind]
+        return [
+            (row[4], event)
+            for row in self.rows
+            for event in row[5]
+            if kind is None or event.get("type") == kind
+        ]
 
     def count(self, source_id: str) -> int:
         """Frames written for one source."""

@@ -126,7 +126,12 @@ class FacePipeline:
     """
 
     def __init__(
-        self, *, model: Path, detector: Path, method: str = "eyes", margin: float = 0.0,
+        self,
+        *,
+        model: Path,
+        detector: Path,
+        method: str = "eyes",
+        margin: float = 0.0,
         detector_confidence: float = 0.5,
     ) -> None:
         from plugins.align import FaceAligner
@@ -256,13 +261,15 @@ def rejection_curve(
         answered = confidence >= threshold
         count = int(answered.sum())
         wrong = int((answered & ~correct).sum())
-        rows.append({
-            "threshold": round(float(threshold), 4),
-            "answered": count / total,
-            "errors_remaining": wrong / errors,
-            "accuracy_answered": (count - wrong) / count if count else math.nan,
-            "error_rate_answered": wrong / count if count else math.nan,
-        })
+        rows.append(
+            {
+                "threshold": round(float(threshold), 4),
+                "answered": count / total,
+                "errors_remaining": wrong / errors,
+                "accuracy_answered": (count - wrong) / count if count else math.nan,
+                "error_rate_answered": wrong / count if count else math.nan,
+            }
+        )
     return rows
 
 
@@ -320,11 +327,19 @@ def plot_curve(rows: list[dict[str, Any]], path: Path, *, proposed: float | None
     positions = np.arange(len(rows))
     figure, axes = plt.subplots(figsize=(max(8.0, 0.45 * len(rows)), 4.5))
     axes.bar(positions - 0.2, [row["answered"] for row in rows], 0.4, label="share of faces answered")
-    axes.bar(positions + 0.2, [row["errors_remaining"] for row in rows], 0.4,
-             label="share of original errors remaining")
+    axes.bar(
+        positions + 0.2,
+        [row["errors_remaining"] for row in rows],
+        0.4,
+        label="share of original errors remaining",
+    )
     if proposed is not None:
-        axes.axvline(float(np.interp(proposed, thresholds, positions)), color="black", linestyle="--",
-                     label=f"proposed threshold {proposed:.2f}")
+        axes.axvline(
+            float(np.interp(proposed, thresholds, positions)),
+            color="black",
+            linestyle="--",
+            label=f"proposed threshold {proposed:.2f}",
+        )
     axes.set_xticks(positions, [f"{t:.2f}" for t in thresholds], rotation=90)
     axes.set_xlabel("unknown threshold (top probability)")
     axes.set_ylabel("share")
@@ -390,9 +405,13 @@ def run(args: argparse.Namespace) -> int:
             confidences = video_confidences(
                 pipeline, args.video, max_frames=args.max_video_frames, stride=args.video_stride
             )
-            video = {"path": str(args.video), "faces": int(len(confidences)),
-                     "reject_at_proposed": float((confidences < proposal["threshold"]).mean())
-                     if len(confidences) else None}
+            video = {
+                "path": str(args.video),
+                "faces": int(len(confidences)),
+                "reject_at_proposed": float((confidences < proposal["threshold"]).mean())
+                if len(confidences)
+                else None,
+            }
             if args.target_reject_on_video is not None and len(confidences):
                 proposal["for_target_reject_on_video"] = threshold_for_reject(
                     confidences, args.target_reject_on_video
@@ -407,28 +426,42 @@ def run(args: argparse.Namespace) -> int:
         "no_face": predictions.no_face,
         "dropped_labels": predictions.dropped,
         "accuracy_at_0": float(predictions.correct.mean()),
-        "targets": {"reject": args.target_reject, "error": args.target_error,
-                    "reject_on_video": args.target_reject_on_video},
+        "targets": {
+            "reject": args.target_reject,
+            "error": args.target_error,
+            "reject_on_video": args.target_reject_on_video,
+        },
         "proposal": proposal,
         "video": video,
         "curve": _finite(curve),
         "predictions": [
             {"image": i, "label": t, "predicted": p, "confidence": round(float(c), 4)}
-            for i, t, p, c in zip(predictions.images, predictions.truth.tolist(),
-                                  predictions.predicted.tolist(), predictions.confidence, strict=True)
+            for i, t, p, c in zip(
+                predictions.images,
+                predictions.truth.tolist(),
+                predictions.predicted.tolist(),
+                predictions.confidence,
+                strict=True,
+            )
         ],
     }
     paths = write_outputs(args.output, report)
-    print(f"{len(predictions.images)} faces, accuracy at threshold 0: {report['accuracy_at_0']:.3f}; "
-          f"dropped labels the model lacks: {predictions.dropped or 'none'}; "
-          f"no face: {len(predictions.no_face)}")
+    print(
+        f"{len(predictions.images)} faces, accuracy at threshold 0: {report['accuracy_at_0']:.3f}; "
+        f"dropped labels the model lacks: {predictions.dropped or 'none'}; "
+        f"no face: {len(predictions.no_face)}"
+    )
     print(f"{'threshold':>9} {'answered':>9} {'errors left':>11} {'acc(answered)':>13}")
     for row in curve:
-        print(f"{row['threshold']:9.2f} {row['answered']:9.3f} {row['errors_remaining']:11.3f} "
-              f"{row['accuracy_answered']:13.3f}")
+        print(
+            f"{row['threshold']:9.2f} {row['answered']:9.3f} {row['errors_remaining']:11.3f} "
+            f"{row['accuracy_answered']:13.3f}"
+        )
     if video is not None:
-        print(f"video {args.video.name}: {video['faces']} faces, reject rate at the proposed threshold "
-              f"{video['reject_at_proposed']}")
+        print(
+            f"video {args.video.name}: {video['faces']} faces, reject rate at the proposed threshold "
+            f"{video['reject_at_proposed']}"
+        )
     details = ", ".join(f"{key}={value}" for key, value in proposal.items() if key != "threshold")
     print(f"proposed threshold: {proposal['threshold']:.3f} ({details})")
     print(f"wrote {paths['json']}, {paths['csv']}, {paths['png']}")
@@ -446,17 +479,30 @@ def add_subcommand(subparsers: Any) -> None:
     parser.add_argument("--images", type=Path, required=True, help="directory of labelled face images")
     parser.add_argument("--labels", type=Path, required=True, help="CSV with image and emotion columns")
     parser.add_argument("--label-map", default=None, help="model=dataset label pairs, comma-separated")
-    parser.add_argument("--target-reject", type=float, default=0.2,
-                        help="share of faces to answer 'unknown' (default 0.2)")
-    parser.add_argument("--target-error", type=float, default=None,
-                        help="largest error rate among answered faces (wins over --target-reject)")
+    parser.add_argument(
+        "--target-reject", type=float, default=0.2, help="share of faces to answer 'unknown' (default 0.2)"
+    )
+    parser.add_argument(
+        "--target-error",
+        type=float,
+        default=None,
+        help="largest error rate among answered faces (wins over --target-reject)",
+    )
     parser.add_argument("--video", type=Path, default=None, help="unlabelled video to measure the domain gap")
-    parser.add_argument("--target-reject-on-video", type=float, default=None,
-                        help="propose the threshold that rejects this share of the video's faces")
+    parser.add_argument(
+        "--target-reject-on-video",
+        type=float,
+        default=None,
+        help="propose the threshold that rejects this share of the video's faces",
+    )
     parser.add_argument("--max-video-frames", type=int, default=300, help="video frames to use (default 300)")
     parser.add_argument("--video-stride", type=int, default=1, help="use every Nth video frame")
-    parser.add_argument("--detector", type=Path, default=None,
-                        help="YuNet model (default $VISTREAM_MODELS/face_detection_yunet_2023mar.onnx)")
+    parser.add_argument(
+        "--detector",
+        type=Path,
+        default=None,
+        help="YuNet model (default $VISTREAM_MODELS/face_detection_yunet_2023mar.onnx)",
+    )
     parser.add_argument("--method", choices=("eyes", "box"), default="eyes", help="alignment method")
     parser.add_argument("--margin", type=float, default=0.0, help="alignment margin")
     parser.add_argument("--step", type=float, default=0.05, help="threshold step (default 0.05)")

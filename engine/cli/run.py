@@ -291,5 +291,3 @@ def _print_report(summary: dict[str, Any], out_dir: Path, *, quiet: bool) -> Non
     if summary["skipped_frames"]:
         print(f"  skipped frames: {summary['skipped_frames']} ({summary['errors']})")
     print(f"outputs in {out_dir}/: " + ", ".join(Path(p).name for p in summary["outputs"].values()))
-
-

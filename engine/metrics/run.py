@@ -237,9 +237,7 @@ class RunMetrics:
         with self.lock:
             return RunMetrics(
                 stage_latency_ms={k: v.copy(keep_last) for k, v in self.stage_latency_ms.items()},
-                stage_frame_latency_ms={
-                    k: v.copy(keep_last) for k, v in self.stage_frame_latency_ms.items()
-                },
+                stage_frame_latency_ms={k: v.copy(keep_last) for k, v in self.stage_frame_latency_ms.items()},
                 end_to_end_ms=self.end_to_end_ms.copy(keep_last),
                 frame_age_ms={k: v.copy(keep_last) for k, v in self.frame_age_ms.items()},
                 frames_in=Counter(self.frames_in),

@@ -47,9 +47,7 @@ def source_output_path(path: Path, source_id: str, run: int = 1) -> Path:
     return resolved
 
 
-def next_source_path(
-    path: Path, source_id: str, run: int, runs: Mapping[str, int], *, what: str
-) -> Path:
+def next_source_path(path: Path, source_id: str, run: int, runs: Mapping[str, int], *, what: str) -> Path:
     """The file for ``source_id``'s ``run``-th stream, refusing to mix sources in one file.
 
     Args:

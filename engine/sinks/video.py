@@ -132,8 +132,7 @@ class VideoSink:
             av.codec.Codec(self.codec, "w")
         except Exception as error:  # PyAV raises its own lookup errors
             raise SinkError(
-                f"video output {self.path}: encoder {self.codec!r} is not available in this FFmpeg "
-                f"({error})"
+                f"video output {self.path}: encoder {self.codec!r} is not available in this FFmpeg ({error})"
             ) from error
         self._context = context
 
@@ -207,7 +206,11 @@ class VideoSink:
         if width % 2 or height % 2:
             logger.info(
                 "video output %s: %dx%d is odd, padded to %dx%d for yuv420p",
-                path, width, height, width + width % 2, height + height % 2,
+                path,
+                width,
+                height,
+                width + width % 2,
+                height + height % 2,
             )
         logger.debug("writing %s at %s fps to %s", source_id, rate, path)
         video = _VideoFile(
@@ -236,14 +239,17 @@ class VideoSink:
             if not video.warned_resize:
                 logger.warning(
                     "video output %s: frame %d is %dx%d, resized to the first frame's %dx%d",
-                    video.path, frame.index, image.shape[1], image.shape[0], video.width, video.height,
+                    video.path,
+                    frame.index,
+                    image.shape[1],
+                    image.shape[0],
+                    video.width,
+                    video.height,
                 )
                 video.warned_resize = True
             image = cv2.resize(image, (video.width, video.height), interpolation=cv2.INTER_AREA)
         if video.pad_right or video.pad_bottom:
-            image = cv2.copyMakeBorder(
-                image, 0, video.pad_bottom, 0, video.pad_right, cv2.BORDER_REPLICATE
-            )
+            image = cv2.copyMakeBorder(image, 0, video.pad_bottom, 0, video.pad_right, cv2.BORDER_REPLICATE)
         # OpenCV's BGR -> I420 is about twice as fast as letting swscale convert bgr24.
         return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_BGR2YUV_I420)
 

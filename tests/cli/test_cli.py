@@ -18,8 +18,12 @@ def vistream(*args: str, timeout_s: float = 600) -> subprocess.CompletedProcess[
     """Run the CLI in a subprocess, as a user would, from the repository root."""
     env = {**os.environ, "VISTREAM_SHARED": str(SHARED_DIR)}
     return subprocess.run(
-        [sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True, env=env,
-        cwd=REPO_ROOT, timeout=timeout_s,
+        [sys.executable, "-m", "engine.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,
+        timeout=timeout_s,
     )
 
 
@@ -54,8 +58,9 @@ def test_highway_video_end_to_end(tmp_path: Path, highway_video: Path, yolo_mode
     assert len(events) == input_frames
     assert [event["frame"] for event in events] == list(range(input_frames))
     assert events[0]["source"] and events[0]["pts_ns"] == 0
-    cars = [obj for event in events for obj in event["layers"].get("objects", [])
-            if obj["class_name"] == "car"]
+    cars = [
+        obj for event in events for obj in event["layers"].get("objects", []) if obj["class_name"] == "car"
+    ]
     assert len(cars) > 1000
     assert any(obj["track_id"] is not None for obj in cars)
     frames, fps = decoded_frame_count(out / "annotated.mp4")
@@ -121,18 +126,30 @@ BAD_INPUTS = {
     "malformed yaml": (lambda tmp: ["{video}", "--pipeline", str(_bad_yaml(tmp))], "malformed YAML"),
     "unknown stage": (
         lambda tmp: ["{video}", "--pipeline", str(_pipeline(tmp, "  - stage: detekt\n"))],
-        "unknown stage 'detekt'; installed stages:"),
+        "unknown stage 'detekt'; installed stages:",
+    ),
     "wrong stage argument": (
         lambda tmp: ["{video}", "--pipeline", str(_pipeline(tmp, "  - stage: track\n    buffer: 3\n"))],
-        "stages[0] (track): unexpected argument 'buffer'"),
+        "stages[0] (track): unexpected argument 'buffer'",
+    ),
     "zero workers": (lambda tmp: ["{video}", "--workers", "0"], "--workers: expected a positive integer"),
     "missing model": (
         lambda tmp: ["{video}", "--pipeline", str(_pipeline(tmp, _DETECT_STAGE.format(model="nope.onnx")))],
-        "model file not found"),
+        "model file not found",
+    ),
     "onnx that is not a yolo detector": (
-        lambda tmp: ["{video}", "--pipeline", str(_pipeline(
-            tmp, _DETECT_STAGE.format(model=SHARED_DIR / "models/emotion_mini_xception_fer2013_7cls.onnx")))],
-        "not an Ultralytics YOLO detector"),
+        lambda tmp: [
+            "{video}",
+            "--pipeline",
+            str(
+                _pipeline(
+                    tmp,
+                    _DETECT_STAGE.format(model=SHARED_DIR / "models/emotion_mini_xception_fer2013_7cls.onnx"),
+                )
+            ),
+        ],
+        "not an Ultralytics YOLO detector",
+    ),
 }
 
 
@@ -140,8 +157,9 @@ BAD_INPUTS = {
 def test_bad_inputs_exit_2_with_one_clear_line(case: str, tmp_path: Path, highway_video: Path) -> None:
     make_args, expected = BAD_INPUTS[case]
     args = [arg.replace("{video}", str(highway_video)) for arg in make_args(tmp_path)]
-    result = vistream("run", *args, "--out", str(tmp_path / "out"), "--quiet", "--max-frames", "5",
-                      timeout_s=120)
+    result = vistream(
+        "run", *args, "--out", str(tmp_path / "out"), "--quiet", "--max-frames", "5", timeout_s=120
+    )
     assert result.returncode == 2, (result.stdout, result.stderr)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
@@ -174,9 +192,23 @@ def test_ffprobe_accepts_the_annotated_video(tmp_path: Path, highway_video: Path
     run = vistream("run", str(highway_video), "--out", str(out), "--max-frames", "30", "--quiet")
     assert run.returncode == 0
     probe = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_frames", "-show_entries",
-         "stream=codec_name,nb_read_frames,avg_frame_rate", "-of", "json", str(out / "annotated.mp4")],
-        capture_output=True, text=True, timeout=60, check=True,
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-count_frames",
+            "-show_entries",
+            "stream=codec_name,nb_read_frames,avg_frame_rate",
+            "-of",
+            "json",
+            str(out / "annotated.mp4"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     stream = json.loads(probe.stdout)["streams"][0]
     assert stream["codec_name"] == "h264"
@@ -192,7 +224,11 @@ def test_sigterm_finishes_in_flight_frames_and_finalizes(tmp_path: Path, highway
     env = {**os.environ, "VISTREAM_SHARED": str(SHARED_DIR)}
     process = subprocess.Popen(
         [sys.executable, "-m", "engine.cli", "run", str(highway_video), "--out", str(out), "--quiet"],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     events_path = out / "events.jsonl"
     deadline = time.monotonic() + 120

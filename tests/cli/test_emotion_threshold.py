@@ -46,7 +46,10 @@ def test_label_map_and_csv_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="model=dataset"):
         tool.parse_label_map("angry")
     assert tool.model_to_dataset_names(["angry", "happy", "x"], {"x": "contempt"}) == [
-        "anger", "happiness", "contempt"]
+        "anger",
+        "happiness",
+        "contempt",
+    ]
     bad = tmp_path / "labels.csv"
     bad.write_text("name,value\na.jpg,anger\n")
     with pytest.raises(ConfigError, match="image column"):
@@ -57,16 +60,31 @@ def test_the_tool_writes_table_chart_and_proposal_on_the_expressions_set(tmp_pat
     images = shared_path("media/expressions/images")
     parser = argparse.ArgumentParser()
     tool.add_subcommand(parser.add_subparsers())
-    args = parser.parse_args([
-        "emotion-threshold",
-        "--model", str(shared_path("models/emotion_mini_xception_fer2013_7cls.onnx")),
-        "--detector", str(shared_path("models/face_detection_yunet_2023mar.onnx")),
-        "--images", str(images), "--labels", str(images.parent / "labels.csv"),
-        "--target-reject", "0.2", "--step", "0.1",
-        "--video", str(shared_path("media/faces/carphone_176x144.mp4")), "--max-video-frames", "30",
-        "--target-reject-on-video", "0.1",
-        "-o", str(tmp_path / "out"),
-    ])
+    args = parser.parse_args(
+        [
+            "emotion-threshold",
+            "--model",
+            str(shared_path("models/emotion_mini_xception_fer2013_7cls.onnx")),
+            "--detector",
+            str(shared_path("models/face_detection_yunet_2023mar.onnx")),
+            "--images",
+            str(images),
+            "--labels",
+            str(images.parent / "labels.csv"),
+            "--target-reject",
+            "0.2",
+            "--step",
+            "0.1",
+            "--video",
+            str(shared_path("media/faces/carphone_176x144.mp4")),
+            "--max-video-frames",
+            "30",
+            "--target-reject-on-video",
+            "0.1",
+            "-o",
+            str(tmp_path / "out"),
+        ]
+    )
     assert args.handler(args) == 0
     report = json.loads((tmp_path / "out" / "threshold_curve.json").read_text())
     # contempt is not among the 7 FER2013 classes: those images are dropped and counted.
@@ -92,11 +110,22 @@ def test_the_tool_writes_table_chart_and_proposal_on_the_expressions_set(tmp_pat
 def test_bad_arguments_are_config_errors(tmp_path: Path) -> None:
     parser = argparse.ArgumentParser()
     tool.add_subcommand(parser.add_subparsers())
-    base = ["emotion-threshold", "--model", "m.onnx", "--images", str(tmp_path), "--labels", "l.csv",
-            "-o", str(tmp_path / "o")]
-    for extra, message in ((["--target-reject", "1.5"], "target-reject"),
-                           (["--target-reject-on-video", "0.2"], "needs --video"),
-                           (["--step", "0"], "step")):
+    base = [
+        "emotion-threshold",
+        "--model",
+        "m.onnx",
+        "--images",
+        str(tmp_path),
+        "--labels",
+        "l.csv",
+        "-o",
+        str(tmp_path / "o"),
+    ]
+    for extra, message in (
+        (["--target-reject", "1.5"], "target-reject"),
+        (["--target-reject-on-video", "0.2"], "needs --video"),
+        (["--step", "0"], "step"),
+    ):
         args = parser.parse_args(base + extra)
         with pytest.raises(ConfigError, match=message):
             args.handler(args)

@@ -37,8 +37,10 @@ def _face_crops(size: int, count: int = 12) -> np.ndarray:
     images = shared_path("media/expressions/images")
     with (images.parent / "labels.csv").open() as handle:
         names = [row["image"] for row in csv.DictReader(handle)][::6][:count]
-    frames = [Frame(source_id="x", index=i, pts_ns=0, image=cv2.imread(str(images / n)))
-              for i, n in enumerate(names)]
+    frames = [
+        Frame(source_id="x", index=i, pts_ns=0, image=cv2.imread(str(images / n)))
+        for i, n in enumerate(names)
+    ]
     detector = FaceDetector(model=shared_path(YUNET), confidence=0.5)
     detector.open(Context())
     FaceAligner(size=(size, size))(detector(Batch.of(frames)))
@@ -58,8 +60,17 @@ def test_resnet18_with_8_classes_at_64px_exports_and_runs_in_the_emotion_stage(t
     crops = _face_crops(64)
     assert len(crops) >= 8
     model = _resnet()
-    report = export_and_verify(model, tmp_path / "fer8.onnx", crops, height=64, width=64,
-                               labels=FERPLUS_LABELS, color="rgb", scale=1 / 255, **IMAGENET)
+    report = export_and_verify(
+        model,
+        tmp_path / "fer8.onnx",
+        crops,
+        height=64,
+        width=64,
+        labels=FERPLUS_LABELS,
+        color="rgb",
+        scale=1 / 255,
+        **IMAGENET,
+    )
     assert report.faces == len(crops) and report.top1_agreement == 1.0
     assert report.max_abs_diff < 1e-3 and report.batch_consistent
     # The exported file carries everything the emotion stage needs.
@@ -67,8 +78,9 @@ def test_resnet18_with_8_classes_at_64px_exports_and_runs_in_the_emotion_stage(t
     stage.open(Context())
     assert stage.labels == FERPLUS_LABELS and stage.spec is not None and stage.spec.color == "rgb"
     frame = Frame(source_id="x", index=0, pts_ns=0, image=np.zeros((8, 8, 3), np.uint8))
-    frame.layers["faces"] = sv.Detections(xyxy=np.zeros((len(crops), 4), np.float32),
-                                          data={"aligned_crop": crops})
+    frame.layers["faces"] = sv.Detections(
+        xyxy=np.zeros((len(crops), 4), np.float32), data={"aligned_crop": crops}
+    )
     stage(Batch.of([frame]))
     probs = frame.layers["faces"].data["emotion_probs"]
     with torch.no_grad():
@@ -82,8 +94,18 @@ def test_resnet18_with_8_classes_at_64px_exports_and_runs_in_the_emotion_stage(t
 def test_a_grayscale_48px_variant_exports_too(tmp_path: Path) -> None:
     crops = _face_crops(48, count=6)
     model = _resnet(channels=1, seed=1)
-    report = export_and_verify(model, tmp_path / "fer8_gray.onnx", crops, height=48, width=48,
-                               labels=FERPLUS_LABELS, color="gray", scale=1 / 255, mean=(0.5,), std=(0.5,))
+    report = export_and_verify(
+        model,
+        tmp_path / "fer8_gray.onnx",
+        crops,
+        height=48,
+        width=48,
+        labels=FERPLUS_LABELS,
+        color="gray",
+        scale=1 / 255,
+        mean=(0.5,),
+        std=(0.5,),
+    )
     assert report.top1_agreement == 1.0 and report.max_abs_diff < 1e-3
 
 
@@ -101,7 +123,15 @@ def test_adaptive_pooling_that_does_not_divide_its_input_fails_clearly() -> None
 def test_verification_catches_a_model_that_differs_from_the_export(tmp_path: Path) -> None:
     crops = _face_crops(64, count=4)
     exported = _resnet(seed=2)
-    export_and_verify(exported, tmp_path / "a.onnx", crops, height=64, width=64, labels=FERPLUS_LABELS,
-                      color="bgr", scale=1 / 255)
+    export_and_verify(
+        exported,
+        tmp_path / "a.onnx",
+        crops,
+        height=64,
+        width=64,
+        labels=FERPLUS_LABELS,
+        color="bgr",
+        scale=1 / 255,
+    )
     with pytest.raises(ModelError, match="disagree"):
         verify_export(_resnet(seed=3), tmp_path / "a.onnx", crops)

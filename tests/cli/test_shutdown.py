@@ -29,9 +29,24 @@ def start(out: Path, pipeline: Path, *sources: str, extra: tuple[str, ...] = ())
         pytest.skip("GStreamer is not available through PyGObject")
     env = {**os.environ, "VISTREAM_SHARED": str(SHARED_DIR)}
     return subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "run", *sources, "--pipeline", str(pipeline), "--out", str(out),
-         "--quiet", *extra],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "run",
+            *sources,
+            "--pipeline",
+            str(pipeline),
+            "--out",
+            str(out),
+            "--quiet",
+            *extra,
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -93,8 +108,9 @@ def test_sigterm_mid_run_finalizes_every_source(tmp_path: Path) -> None:
 def test_drain_timeout_bounds_the_time_to_stop(tmp_path: Path) -> None:
     out = tmp_path / "out"
     # 0.3 s per batch of 2 and up to 8 queued frames per file: draining all would take ~2.5 s.
-    process = start(out, slow_pipeline(tmp_path, 0.3), *sources(tmp_path)[:2],
-                    extra=("--drain-timeout-s", "0.2"))
+    process = start(
+        out, slow_pipeline(tmp_path, 0.3), *sources(tmp_path)[:2], extra=("--drain-timeout-s", "0.2")
+    )
     wait_for_lines(out / "events.jsonl", 4, process)
     signalled_s = time.monotonic()
     process.send_signal(signal.SIGTERM)

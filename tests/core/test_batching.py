@@ -14,11 +14,18 @@ from engine.sources.base import Feed
 from tests.helpers import ListSource, make_frame
 
 
-def _reader(source_id: str, condition: threading.Condition, *, live: bool = False,
-            policy: str | None = None, read_ahead: int = 100) -> FeedReader:
+def _reader(
+    source_id: str,
+    condition: threading.Condition,
+    *,
+    live: bool = False,
+    policy: str | None = None,
+    read_ahead: int = 100,
+) -> FeedReader:
     info = SourceInfo(source_id=source_id, uri="memory://", width=64, height=48, fps=25.0, live=live)
-    return FeedReader(Feed(ListSource(0, source_id=source_id), policy), info, condition,
-                      read_ahead_frames=read_ahead)
+    return FeedReader(
+        Feed(ListSource(0, source_id=source_id), policy), info, condition, read_ahead_frames=read_ahead
+    )
 
 
 def _queue(reader: FeedReader, frames: int, *, end: bool = True) -> None:
@@ -29,12 +36,26 @@ def _queue(reader: FeedReader, frames: int, *, end: bool = True) -> None:
         reader._put_marker(SourceEnded(reader.source_id))
 
 
-def _batcher(readers: list[FeedReader], condition: threading.Condition, *, batch_size: int,
-             max_wait_ms: float = 1e6, max_frames: int | None = None,
-             clock: object = None) -> Batcher:
+def _batcher(
+    readers: list[FeedReader],
+    condition: threading.Condition,
+    *,
+    batch_size: int,
+    max_wait_ms: float = 1e6,
+    max_frames: int | None = None,
+    clock: object = None,
+) -> Batcher:
     options = {} if clock is None else {"clock": clock}
-    return Batcher(readers, condition, batch_size=batch_size, max_wait_ms=max_wait_ms,
-                   max_frames=max_frames, stop=threading.Event(), drain_timeout_s=10.0, **options)
+    return Batcher(
+        readers,
+        condition,
+        batch_size=batch_size,
+        max_wait_ms=max_wait_ms,
+        max_frames=max_frames,
+        stop=threading.Event(),
+        drain_timeout_s=10.0,
+        **options,
+    )
 
 
 def _batches(batcher: Batcher) -> list[Batch]:
@@ -52,9 +73,15 @@ def test_frames_are_taken_round_robin_so_no_source_starves_another() -> None:
     assert [frame.index for batch in batches for frame in batch if frame.source_id == "a"] == list(range(6))
 
 
-@pytest.mark.parametrize(("live", "policy", "expected"), [
-    (True, None, "latest"), (False, None, "all"), (True, "all", "all"), (False, "latest", "latest"),
-])
+@pytest.mark.parametrize(
+    ("live", "policy", "expected"),
+    [
+        (True, None, "latest"),
+        (False, None, "all"),
+        (True, "all", "all"),
+        (False, "latest", "latest"),
+    ],
+)
 def test_the_frame_policy_defaults_by_liveness(live: bool, policy: str | None, expected: str) -> None:
     reader = _reader("cam", threading.Condition(), live=live, policy=policy, read_ahead=8)
     assert reader.policy == expected
@@ -131,8 +158,9 @@ class _StepClock:
         return self.now_s
 
 
-def _gated_run(batch_size: int, max_wait_ms: float, clock: _StepClock, *, release_per_batch: int,
-               frames: int) -> list[int]:
+def _gated_run(
+    batch_size: int, max_wait_ms: float, clock: _StepClock, *, release_per_batch: int, frames: int
+) -> list[int]:
     condition = threading.Condition()
     source = _GatedSource(frames)
     info = source.open()

@@ -12,15 +12,20 @@ from engine.device import CPU, Device, parse_device
 from engine.errors import ConfigError
 
 
-@pytest.mark.parametrize(("value", "low", "high", "message"), [
-    (0, 1, None, "n: expected a positive integer, got 0"),
-    (-1, 0, None, "n: expected a non-negative integer, got -1"),
-    (True, 1, None, "n: expected a positive integer, got True"),
-    (1.5, None, None, "n: expected an integer, got 1.5"),
-    ("3", 1, None, "n: expected a positive integer, got '3'"),
-    (11, 1, 10, "n: expected an integer >= 1 and <= 10, got 11"),
-])
-def test_check_int_refuses_with_one_line(value: object, low: int | None, high: int | None, message: str) -> None:
+@pytest.mark.parametrize(
+    ("value", "low", "high", "message"),
+    [
+        (0, 1, None, "n: expected a positive integer, got 0"),
+        (-1, 0, None, "n: expected a non-negative integer, got -1"),
+        (True, 1, None, "n: expected a positive integer, got True"),
+        (1.5, None, None, "n: expected an integer, got 1.5"),
+        ("3", 1, None, "n: expected a positive integer, got '3'"),
+        (11, 1, 10, "n: expected an integer >= 1 and <= 10, got 11"),
+    ],
+)
+def test_check_int_refuses_with_one_line(
+    value: object, low: int | None, high: int | None, message: str
+) -> None:
     with pytest.raises(ConfigError) as error:
         check_int("n", value, low=low, high=high)
     assert str(error.value) == message
@@ -47,9 +52,15 @@ def test_checks_return_the_value_converted() -> None:
         check_number("check_number", 0, low=0, low_open=True)
 
 
-@pytest.mark.parametrize(("text", "device"), [
-    ("cpu", CPU), ("cuda", Device("cuda", 0)), ("cuda:1", Device("cuda", 1)), ("cuda:12", Device("cuda", 12)),
-])
+@pytest.mark.parametrize(
+    ("text", "device"),
+    [
+        ("cpu", CPU),
+        ("cuda", Device("cuda", 0)),
+        ("cuda:1", Device("cuda", 1)),
+        ("cuda:12", Device("cuda", 12)),
+    ],
+)
 def test_parse_device(text: str, device: Device) -> None:
     assert parse_device(text) == device
     assert parse_device(device) is device

@@ -14,9 +14,17 @@ from engine.stage import BaseStage
 class Configurable(BaseStage):
     """A stage with one argument of each kind the loader converts."""
 
-    def __init__(self, *, model: Path, threshold: float = 0.5, classes: list[str] | None = None,
-                 count: int = 1, enabled: bool = True, label: str = "x",
-                 calibration: Path | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        model: Path,
+        threshold: float = 0.5,
+        classes: list[str] | None = None,
+        count: int = 1,
+        enabled: bool = True,
+        label: str = "x",
+        calibration: Path | None = None,
+    ) -> None:
         if not 0 <= threshold <= 1:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")
         self.model = model
@@ -51,22 +59,30 @@ def test_absolute_paths_and_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     assert spec.stages[0].arguments["calibration"] == Path("/pipelines/c.yaml")  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize(("stages", "message"), [
-    ([{"stage": STAGE, "model": "m", "calib": 1}],
-     r"stages\[0\] \(.*Configurable\): unexpected argument 'calib'"),
-    ([{"stage": STAGE}], r"stages\[0\] .*missing required argument 'model'"),
-    ([{"stage": STAGE, "model": "m", "threshold": "high"}], r"argument 'threshold': expected a number"),
-    ([{"stage": STAGE, "model": "m", "count": 1.5}], r"argument 'count': expected an integer"),
-    ([{"stage": STAGE, "model": "m", "enabled": "yes"}], r"argument 'enabled': expected true or false"),
-    ([{"stage": STAGE, "model": "m", "classes": "car"}], r"argument 'classes': expected a list"),
-    ([{"stage": STAGE, "model": "${UNSET_VARIABLE_X}"}], r"'UNSET_VARIABLE_X' is not set"),
-    ([{"stage": "no_such_stage"}], r"stages\[0\] \(no_such_stage\): unknown stage 'no_such_stage'; "
-                                   r"installed stages: .*detect.*track"),
-    ([{"stage": "no_such_module:Stage"}], r"cannot import module 'no_such_module'"),
-    ([{"model": "m"}], r"stages\[0\]: expected a mapping with a 'stage' key"),
-    ([], r"'stages' must be a non-empty list"),
-    ([{"stage": STAGE, "model": "m"}, {"stage": STAGE, "model": "m"}], r"used twice"),
-])
+@pytest.mark.parametrize(
+    ("stages", "message"),
+    [
+        (
+            [{"stage": STAGE, "model": "m", "calib": 1}],
+            r"stages\[0\] \(.*Configurable\): unexpected argument 'calib'",
+        ),
+        ([{"stage": STAGE}], r"stages\[0\] .*missing required argument 'model'"),
+        ([{"stage": STAGE, "model": "m", "threshold": "high"}], r"argument 'threshold': expected a number"),
+        ([{"stage": STAGE, "model": "m", "count": 1.5}], r"argument 'count': expected an integer"),
+        ([{"stage": STAGE, "model": "m", "enabled": "yes"}], r"argument 'enabled': expected true or false"),
+        ([{"stage": STAGE, "model": "m", "classes": "car"}], r"argument 'classes': expected a list"),
+        ([{"stage": STAGE, "model": "${UNSET_VARIABLE_X}"}], r"'UNSET_VARIABLE_X' is not set"),
+        (
+            [{"stage": "no_such_stage"}],
+            r"stages\[0\] \(no_such_stage\): unknown stage 'no_such_stage'; "
+            r"installed stages: .*detect.*track",
+        ),
+        ([{"stage": "no_such_module:Stage"}], r"cannot import module 'no_such_module'"),
+        ([{"model": "m"}], r"stages\[0\]: expected a mapping with a 'stage' key"),
+        ([], r"'stages' must be a non-empty list"),
+        ([{"stage": STAGE, "model": "m"}, {"stage": STAGE, "model": "m"}], r"used twice"),
+    ],
+)
 def test_errors_name_the_place(stages: list[dict[str, object]], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         _parse(stages)
@@ -78,15 +94,18 @@ def test_constructor_validation_errors_name_the_place() -> None:
         spec.stages[0].build()  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize(("top", "message"), [
-    ({"batch_size": 0}, "batch_size: expected a positive integer"),
-    ({"on_error": "ignore"}, "on_error: expected one of fail, skip"),
-    ({"device": "gpu"}, "device: expected 'cpu', 'cuda' or 'cuda:N'"),
-    ({"cameras": []}, "unknown key 'cameras'"),
-    ({"sources": []}, "'sources' must be a non-empty list"),
-    ({"source": "a.mp4", "sources": ["b.mp4"]}, "either 'source' or 'sources'"),
-    ({"max_wait_ms": -1}, "max_wait_ms: expected a number >= 0"),
-])
+@pytest.mark.parametrize(
+    ("top", "message"),
+    [
+        ({"batch_size": 0}, "batch_size: expected a positive integer"),
+        ({"on_error": "ignore"}, "on_error: expected one of fail, skip"),
+        ({"device": "gpu"}, "device: expected 'cpu', 'cuda' or 'cuda:N'"),
+        ({"cameras": []}, "unknown key 'cameras'"),
+        ({"sources": []}, "'sources' must be a non-empty list"),
+        ({"source": "a.mp4", "sources": ["b.mp4"]}, "either 'source' or 'sources'"),
+        ({"max_wait_ms": -1}, "max_wait_ms: expected a number >= 0"),
+    ],
+)
 def test_top_level_errors(top: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         _parse([{"stage": STAGE, "model": "m"}], **top)

@@ -93,9 +93,7 @@ def _out_is_a_file(tmp: Path) -> list[str]:
 
 
 def _python_tag_yaml(tmp: Path) -> list[str]:
-    (tmp / "evil.yaml").write_text(
-        f"stages: !!python/object/apply:os.system ['touch {tmp / 'pwned'}']\n"
-    )
+    (tmp / "evil.yaml").write_text(f"stages: !!python/object/apply:os.system ['touch {tmp / 'pwned'}']\n")
     return ["test://?frames=3", "--pipeline", str(tmp / "evil.yaml")]
 
 
@@ -112,8 +110,11 @@ def _calibration_of_other_size(tmp: Path) -> list[str]:
 def _malformed_calibration(tmp: Path) -> list[str]:
     text = CALIBRATION.read_text().replace("- [192.43, 98.14]\n", "")  # 3 points left
     (tmp / "three_points.yaml").write_text(text)
-    return ["test://?width=320&height=240&frames=5", "--pipeline",
-            _calibration_pipeline(tmp, tmp / "three_points.yaml")]
+    return [
+        "test://?width=320&height=240&frames=5",
+        "--pipeline",
+        _calibration_pipeline(tmp, tmp / "three_points.yaml"),
+    ]
 
 
 def _metrics_port_in_use(tmp: Path) -> list[str]:
@@ -123,13 +124,17 @@ def _metrics_port_in_use(tmp: Path) -> list[str]:
 FAULTS: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     "empty (0-byte) video file": (_empty_video, "empty.mp4"),
     "unsupported URI scheme": (
-        lambda tmp: ["ftp://example.com/a.mp4"], "unsupported source URI scheme 'ftp'"),
+        lambda tmp: ["ftp://example.com/a.mp4"],
+        "unsupported source URI scheme 'ftp'",
+    ),
     "RTSP URI without a host": (lambda tmp: ["rtsp:///stream"], "RTSP URI has no host"),
     "zero-size test picture": (lambda tmp: ["test://?width=0"], "'width' must be a positive integer"),
     "output folder is a file": (_out_is_a_file, "cannot create output directory"),
     "YAML with a Python object tag": (_python_tag_yaml, "malformed YAML"),
     "calibration of another image size": (
-        _calibration_of_other_size, "calibrated on 320x240 images, but source 'test' delivers 160x120"),
+        _calibration_of_other_size,
+        "calibrated on 320x240 images, but source 'test' delivers 160x120",
+    ),
     "calibration with 3 points": (_malformed_calibration, "exactly 4 points"),
     "metrics port already in use": (_metrics_port_in_use, "cannot serve metrics on 127.0.0.1:"),
 }
@@ -161,8 +166,9 @@ def test_only_the_stages_named_in_the_pipeline_are_imported(tmp_path: Path) -> N
         "print(sorted(m for m in ('plugins.detect', 'plugins.faces', 'plugins.emotion', "
         "'plugins.speed', 'plugins.track') if m in sys.modules))"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
-                            timeout=60, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=True
+    )
     assert result.stdout.strip() == "['plugins.track']"
 
 
@@ -171,16 +177,25 @@ def test_only_the_stages_named_in_the_pipeline_are_imported(tmp_path: Path) -> N
 
 def _failing_pipeline(tmp: Path, on_error: str) -> Path:
     path = tmp / f"{on_error}.yaml"
-    path.write_text(f"on_error: {on_error}\nstages:\n  - stage: tests.helpers_live:FailingStage\n"
-                    "    name: fragile\n    every: 3\n")
+    path.write_text(
+        f"on_error: {on_error}\nstages:\n  - stage: tests.helpers_live:FailingStage\n"
+        "    name: fragile\n    every: 3\n"
+    )
     return path
 
 
 def test_a_stage_that_raises_is_skipped_counted_and_logged_once(tmp_path: Path) -> None:
     needs_gst()
     out = tmp_path / "out"
-    result = vistream("run", "test://?width=64&height=48&frames=30", "--pipeline",
-                      str(_failing_pipeline(tmp_path, "skip")), "--out", str(out), "--quiet")
+    result = vistream(
+        "run",
+        "test://?width=64&height=48&frames=30",
+        "--pipeline",
+        str(_failing_pipeline(tmp_path, "skip")),
+        "--out",
+        str(out),
+        "--quiet",
+    )
     assert result.returncode == 0, result.stderr
     events = read_events(out)
     assert [e["frame"] for e in events] == list(range(30))  # every frame still written
@@ -193,8 +208,15 @@ def test_a_stage_that_raises_is_skipped_counted_and_logged_once(tmp_path: Path) 
 def test_a_stage_that_raises_under_fail_stops_with_outputs_finalized(tmp_path: Path) -> None:
     needs_gst()
     out = tmp_path / "out"
-    result = vistream("run", "test://?width=64&height=48&frames=30", "--pipeline",
-                      str(_failing_pipeline(tmp_path, "fail")), "--out", str(out), "--quiet")
+    result = vistream(
+        "run",
+        "test://?width=64&height=48&frames=30",
+        "--pipeline",
+        str(_failing_pipeline(tmp_path, "fail")),
+        "--out",
+        str(out),
+        "--quiet",
+    )
     # A non-EngineError from a stage is a bug in that stage: exit 1 with its traceback.
     assert result.returncode == 1 and "ValueError: cannot handle frame 2" in result.stderr
     assert [e["frame"] for e in read_events(out)] == [0, 1]
@@ -220,8 +242,16 @@ def test_disk_full_dev_full(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "events.jsonl").symlink_to("/dev/full")
-    result = vistream("run", "test://?width=64&height=48&frames=50", "--pipeline",
-                      str(_light_pipeline(tmp_path)), "--out", str(out), "--quiet", "--no-video")
+    result = vistream(
+        "run",
+        "test://?width=64&height=48&frames=50",
+        "--pipeline",
+        str(_light_pipeline(tmp_path)),
+        "--out",
+        str(out),
+        "--quiet",
+        "--no-video",
+    )
     _assert_disk_full_handled(result, out / "missing.jsonl")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "failed"
@@ -239,13 +269,24 @@ def test_disk_full_real_tmpfs(tmp_path: Path) -> None:
     needs_gst()
     mount = tmp_path / "small"
     mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
-                      capture_output=True).returncode != 0:
+    if (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a tmpfs here")
     try:
-        result = vistream("run", "test://?width=320&height=240&frames=3000&pattern=snow", "--pipeline",
-                          str(_light_pipeline(tmp_path)), "--out", str(mount / "out"), "--quiet",
-                          timeout_s=300)
+        result = vistream(
+            "run",
+            "test://?width=320&height=240&frames=3000&pattern=snow",
+            "--pipeline",
+            str(_light_pipeline(tmp_path)),
+            "--out",
+            str(mount / "out"),
+            "--quiet",
+            timeout_s=300,
+        )
         _assert_disk_full_handled(result, mount / "out" / "events.jsonl")
         import av
 
@@ -293,9 +334,11 @@ def test_rtsp_path_that_does_not_exist_is_retried_then_fails() -> None:
     from engine.sources.supervised import ReconnectPolicy, open_supervised
 
     with RtspCamera() as camera:
-        source = open_supervised(camera.url("admin:hunter2").replace("/cam", "/nope"), source_id="x",
-                                 policy=ReconnectPolicy(max_attempts=2, backoff_initial_s=0.05,
-                                                        backoff_max_s=0.1))
+        source = open_supervised(
+            camera.url("admin:hunter2").replace("/cam", "/nope"),
+            source_id="x",
+            policy=ReconnectPolicy(max_attempts=2, backoff_initial_s=0.05, backoff_max_s=0.1),
+        )
         source.open()
         with pytest.raises(SourceError, match=r"gave up after 2 .*Not Found \(404\)") as caught:
             list(source.frames())
@@ -313,10 +356,27 @@ def test_credentials_are_masked_in_logs_events_summary_and_metrics(tmp_path: Pat
     metrics_port = free_port()
     env = {**os.environ, "VISTREAM_SHARED": str(SHARED_DIR)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "-v", "run", camera.url("admin:hunter2"), "--pipeline",
-         str(_light_pipeline(tmp_path)), "--out", str(out), "--metrics-port", str(metrics_port),
-         "--status-interval-s", "0.5"],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "-v",
+            "run",
+            camera.url("admin:hunter2"),
+            "--pipeline",
+            str(_light_pipeline(tmp_path)),
+            "--out",
+            str(out),
+            "--metrics-port",
+            str(metrics_port),
+            "--status-interval-s",
+            "0.5",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         events = out / "events.jsonl"
@@ -339,9 +399,13 @@ def test_credentials_are_masked_in_logs_events_summary_and_metrics(tmp_path: Pat
     assert 'vistream_reconnects_total{source="127.0.0.1"} 1.0' in scraped
     assert "rtsp://admin:***@127.0.0.1" in stderr  # the URI is shown, masked
     assert "status: " in stderr and "127.0.0.1: up" in stderr  # the periodic status line
-    for name, text in {"stderr": stderr, "stdout": stdout, "metrics": scraped,
-                       "events": (out / "events.jsonl").read_text(),
-                       "summary": (out / "summary.json").read_text()}.items():
+    for name, text in {
+        "stderr": stderr,
+        "stdout": stdout,
+        "metrics": scraped,
+        "events": (out / "events.jsonl").read_text(),
+        "summary": (out / "summary.json").read_text(),
+    }.items():
         assert "hunter2" not in text, name
 
 

@@ -9,10 +9,13 @@ from engine.frame import NO_TRACK_ID, Batch, Frame
 from tests.helpers import make_detections, make_frame
 
 
-@pytest.mark.parametrize(("shape", "height", "width"), [
-    ((48, 64, 3), 48, 64),   # H×W×3 numpy (CPU)
-    ((3, 48, 64), 48, 64),   # 3×H×W (a GPU frame's layout)
-])
+@pytest.mark.parametrize(
+    ("shape", "height", "width"),
+    [
+        ((48, 64, 3), 48, 64),  # H×W×3 numpy (CPU)
+        ((3, 48, 64), 48, 64),  # 3×H×W (a GPU frame's layout)
+    ],
+)
 def test_frame_size_reads_either_pixel_layout(shape: tuple[int, ...], height: int, width: int) -> None:
     frame = Frame(source_id="cam", index=0, pts_ns=0, image=np.zeros(shape, dtype=np.uint8))
     assert (frame.height, frame.width) == (height, width)

@@ -112,8 +112,9 @@ def test_two_sources_with_one_id_are_refused() -> None:
 
 
 def test_source_ids_default_to_readable_unique_names() -> None:
-    specs = parse_sources(["clips/gate.mp4", "other/gate.mp4", "rtsp://u:pw@10.0.0.5:554/s1",
-                           "test://?fps=5", "/dev/video2"])
+    specs = parse_sources(
+        ["clips/gate.mp4", "other/gate.mp4", "rtsp://u:pw@10.0.0.5:554/s1", "test://?fps=5", "/dev/video2"]
+    )
     assert [spec.id for spec in specs] == ["gate", "gate-2", "10.0.0.5", "test", "video2"]
     assert specs[2].reconnect is not None and specs[0].reconnect is None  # cameras reconnect
     assert "pw" not in repr(specs[2])
@@ -141,17 +142,20 @@ def test_yaml_sources_with_options(tmp_path: Path) -> None:
     assert gate.reconnect.backoff_max_s == 4 and spec.settings.max_wait_ms == 5
 
 
-@pytest.mark.parametrize(("entry", "message"), [
-    ({"uri": "a.mp4", "frame_policy": "newest"}, r"frame_policy: expected one of latest, all"),
-    ({"uri": "a.mp4", "id": "bad/id"}, r"\.id: expected letters, digits"),
-    ({"uri": "a.mp4", "max_attempts": 3}, r"'max_attempts' applies to reconnecting sources only"),
-    ({"uri": "rtsp://h/x", "max_attempts": 0}, r"max_attempts: expected a positive integer"),
-    ({"uri": "rtsp://h/x", "backoff_max_s": 0.1}, r"backoff_max_s \(0.1\) must be >="),
-    ({"uri": "rtsp://h/x", "stall_timeout_s": -1}, r"stall_timeout_s: expected a positive number"),
-    ({"uri": "a.mp4", "colour": 1}, r"unknown key 'colour'"),
-    ({"url": "a.mp4"}, r"expected a URI or a mapping with a 'uri' key"),
-    ({"uri": "ftp://h/a.mp4"}, r"unsupported source URI scheme 'ftp'"),
-])
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"uri": "a.mp4", "frame_policy": "newest"}, r"frame_policy: expected one of latest, all"),
+        ({"uri": "a.mp4", "id": "bad/id"}, r"\.id: expected letters, digits"),
+        ({"uri": "a.mp4", "max_attempts": 3}, r"'max_attempts' applies to reconnecting sources only"),
+        ({"uri": "rtsp://h/x", "max_attempts": 0}, r"max_attempts: expected a positive integer"),
+        ({"uri": "rtsp://h/x", "backoff_max_s": 0.1}, r"backoff_max_s \(0.1\) must be >="),
+        ({"uri": "rtsp://h/x", "stall_timeout_s": -1}, r"stall_timeout_s: expected a positive number"),
+        ({"uri": "a.mp4", "colour": 1}, r"unknown key 'colour'"),
+        ({"url": "a.mp4"}, r"expected a URI or a mapping with a 'uri' key"),
+        ({"uri": "ftp://h/a.mp4"}, r"unsupported source URI scheme 'ftp'"),
+    ],
+)
 def test_bad_source_entries_name_the_place(entry: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=r"sources\[0\].*" + message):
         parse_sources([entry])
@@ -165,8 +169,18 @@ def test_three_sources_two_files_and_a_live_one_get_their_own_outputs(tmp_path: 
     highway = shared_path("media/traffic/highway_overpass_320x240_60fps.avi")
     people = shared_path("media/people/pedestrians_768x576_10fps.avi")
     out = tmp_path / "three"
-    result = vistream("run", str(highway), str(people), "test://?width=160&height=120&fps=25",
-                      "--out", str(out), "--max-frames", "30", "--quiet", timeout_s=300)
+    result = vistream(
+        "run",
+        str(highway),
+        str(people),
+        "test://?width=160&height=120&fps=25",
+        "--out",
+        str(out),
+        "--max-frames",
+        "30",
+        "--quiet",
+        timeout_s=300,
+    )
     assert result.returncode == 0, result.stderr
     events = read_events(out)
     by_source: dict[str, list[dict]] = {}
@@ -178,14 +192,20 @@ def test_three_sources_two_files_and_a_live_one_get_their_own_outputs(tmp_path: 
         assert [e["frame"] for e in by_source[source_id]] == list(range(30))
     live = [e["frame"] for e in by_source["test"]]
     assert len(live) == 30 and live == sorted(set(live))
-    classes = {source_id: Counter(obj["class_name"] for e in rows for obj in e["layers"]["objects"])
-               for source_id, rows in by_source.items()}
+    classes = {
+        source_id: Counter(obj["class_name"] for e in rows for obj in e["layers"]["objects"])
+        for source_id, rows in by_source.items()
+    }
     assert classes[highway_id]["car"] > 20 and classes[people_id]["person"] > 50
     # Per-source state: the highway's detections and track ids are exactly those of a run on
     # the highway alone (other sources in the batches and trackers change nothing).
     alone = tmp_path / "alone"
-    assert vistream("run", str(highway), "--out", str(alone), "--max-frames", "30", "--quiet",
-                    "--no-video").returncode == 0
+    assert (
+        vistream(
+            "run", str(highway), "--out", str(alone), "--max-frames", "30", "--quiet", "--no-video"
+        ).returncode
+        == 0
+    )
     assert [e["layers"] for e in read_events(alone)] == [e["layers"] for e in by_source[highway_id]]
     expected = {highway_id: (320, 240, 60), people_id: (768, 576, 10), "test": (160, 120, 25)}
     import av
@@ -218,8 +238,17 @@ def test_a_failing_file_exits_2_and_leaves_the_other_outputs_complete(tmp_path: 
     pipeline = tmp_path / "light.yaml"
     pipeline.write_text("stages:\n  - stage: track\n  - stage: annotate\n")
     out = tmp_path / "out"
-    result = vistream("run", str(truncated), "test://?width=96&height=64&fps=30&frames=200",
-                      "--pipeline", str(pipeline), "--out", str(out), "--quiet", timeout_s=120)
+    result = vistream(
+        "run",
+        str(truncated),
+        "test://?width=96&height=64&fps=30&frames=200",
+        "--pipeline",
+        str(pipeline),
+        "--out",
+        str(out),
+        "--quiet",
+        timeout_s=120,
+    )
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("vistream: error: ")
     assert "truncated" in result.stderr and "Traceback" not in result.stderr

@@ -24,11 +24,14 @@ def test_every_frame_reaches_the_sink_in_order() -> None:
     assert sink.opened and sink.closed and sink.ended == ["cam0"]
 
 
-@pytest.mark.parametrize(("batch_size", "frames", "expected"), [
-    (1, 5, [1, 1, 1, 1, 1]),
-    (4, 10, [4, 4, 2]),
-    (8, 3, [3]),
-])
+@pytest.mark.parametrize(
+    ("batch_size", "frames", "expected"),
+    [
+        (1, 5, [1, 1, 1, 1, 1]),
+        (4, 10, [4, 4, 2]),
+        (8, 3, [3]),
+    ],
+)
 def test_batches_are_filled_and_the_last_one_is_flushed(
     batch_size: int, frames: int, expected: list[int]
 ) -> None:
@@ -109,10 +112,13 @@ def test_stop_request_finishes_the_batch_in_flight_and_finalizes() -> None:
     assert sink.closed
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    ({"batch_size": 0}, "batch_size"),
-    ({"on_error": "ignore"}, "on_error"),
-])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"on_error": "ignore"}, "on_error"),
+    ],
+)
 def test_invalid_options_are_config_errors(options: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         _pipeline(ProbeStage(), **options)

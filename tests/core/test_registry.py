@@ -78,8 +78,12 @@ def test_dotted_path_plugin(plugin_site: Path) -> None:
 def test_cli_lists_the_third_party_stage(plugin_site: Path) -> None:
     env = {**os.environ, "PYTHONPATH": f"{plugin_site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     result = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "plugins"], capture_output=True, text=True, env=env,
-        cwd=REPO_ROOT, timeout=120,
+        [sys.executable, "-m", "engine.cli", "plugins"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     line = next(line for line in result.stdout.splitlines() if line.startswith("blur "))
@@ -88,13 +92,16 @@ def test_cli_lists_the_third_party_stage(plugin_site: Path) -> None:
     assert "Blurs every detection" in line
 
 
-@pytest.mark.parametrize(("spec", "message"), [
-    ("nope", r"unknown stage 'nope'; installed stages: .*annotate.*detect"),
-    ("json:nope", r"module 'json' has no 'nope'"),
-    ("json:dumps", r"'dumps' is not a class"),
-    ("no_such_pkg.mod:Stage", r"cannot import module 'no_such_pkg.mod'"),
-    (":Stage", r"expected 'package.module:Class'"),
-])
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("nope", r"unknown stage 'nope'; installed stages: .*annotate.*detect"),
+        ("json:nope", r"module 'json' has no 'nope'"),
+        ("json:dumps", r"'dumps' is not a class"),
+        ("no_such_pkg.mod:Stage", r"cannot import module 'no_such_pkg.mod'"),
+        (":Stage", r"expected 'package.module:Class'"),
+    ],
+)
 def test_resolution_errors(spec: str, message: str) -> None:
     with pytest.raises(PluginError, match=message):
         resolve_stage(spec)

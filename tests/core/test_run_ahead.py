@@ -159,7 +159,11 @@ def test_a_stop_request_ends_the_run_cleanly() -> None:
 
 @pytest.mark.parametrize(
     ("value", "match"),
-    [(0, "expected a positive integer"), ("two", "expected a positive integer"), (True, "expected a positive integer")],
+    [
+        (0, "expected a positive integer"),
+        ("two", "expected a positive integer"),
+        (True, "expected a positive integer"),
+    ],
 )
 def test_workers_is_validated(value: object, match: str) -> None:
     document = {"workers": value, "stages": [{"stage": "track"}]}

@@ -68,8 +68,14 @@ def test_a_class_without_the_members_is_named_with_what_it_lacks() -> None:
 
 
 def test_any_tracker_that_declares_its_layer_gets_a_mot_file() -> None:
-    pipeline = Pipeline([NamedStage("a", _OwnTracker("faces")), NamedStage("b", _Plain()),
-                         NamedStage("c", _OwnTracker("objects")), NamedStage("d", _OwnTracker("faces"))])
+    pipeline = Pipeline(
+        [
+            NamedStage("a", _OwnTracker("faces")),
+            NamedStage("b", _Plain()),
+            NamedStage("c", _OwnTracker("objects")),
+            NamedStage("d", _OwnTracker("faces")),
+        ]
+    )
     assert tracked_layers(pipeline) == ["faces", "objects"]
 
 
@@ -85,5 +91,7 @@ def test_drawing_stages_are_left_out_without_video(tmp_path: Any) -> None:
 
     document = {"stages": [{"stage": f"{__name__}:_Plain"}, {"stage": f"{__name__}:_Drawing"}]}
     spec = parse_pipeline(document, config_dir=tmp_path)
-    assert [named.name for named in Pipeline.from_spec(spec, with_drawing=False).stages] == [f"{__name__}:_Plain"]
+    assert [named.name for named in Pipeline.from_spec(spec, with_drawing=False).stages] == [
+        f"{__name__}:_Plain"
+    ]
     assert len(Pipeline.from_spec(spec).stages) == 2

@@ -87,8 +87,14 @@ def build_classifier(
 
 
 def reference_scores(
-    crops: np.ndarray, weights: np.ndarray, bias: np.ndarray, *, color: str, scale: float,
-    mean: Sequence[float], std: Sequence[float],
+    crops: np.ndarray,
+    weights: np.ndarray,
+    bias: np.ndarray,
+    *,
+    color: str,
+    scale: float,
+    mean: Sequence[float],
+    std: Sequence[float],
 ) -> np.ndarray:
     """What :func:`build_classifier`'s model outputs (before softmax), computed independently."""
     images = crops.astype(np.float64)

@@ -24,8 +24,9 @@ CLASS_NAMES = {0: "person", 2: "car"}
 
 def source_info(source_id: str = "cam", fps: float | None = FPS) -> SourceInfo:
     """SourceInfo of a synthetic source."""
-    return SourceInfo(source_id=source_id, uri="synthetic://", width=WIDTH, height=HEIGHT,
-                      fps=fps, live=False)
+    return SourceInfo(
+        source_id=source_id, uri="synthetic://", width=WIDTH, height=HEIGHT, fps=fps, live=False
+    )
 
 
 def scene_detections(
@@ -80,9 +81,7 @@ def scene_frame(
     """A frame of the synthetic scene; pts follows ``frame_position`` (default: ``index``)."""
     position = float(index if frame_position is None else frame_position)
     image = (
-        np.full((HEIGHT, WIDTH, 3), 40, dtype=np.uint8)
-        if with_image
-        else np.zeros((1, 1, 3), dtype=np.uint8)
+        np.full((HEIGHT, WIDTH, 3), 40, dtype=np.uint8) if with_image else np.zeros((1, 1, 3), dtype=np.uint8)
     )
     return Frame(
         source_id=source_id,

@@ -138,8 +138,9 @@ def test_a_batch_of_frames_of_different_sizes_and_empty_layers(upright_faces: sv
     small = cv2.resize(image, (256, 256))
     half = _faces(upright_faces.xyxy / 2, upright_faces.data["landmarks"] / 2)
     empty = _faces(np.zeros((0, 4)), np.zeros((0, 5, 2)))
-    big, small_faces, none = _align(FaceAligner(size=(48, 40)), (image, upright_faces), (small, half),
-                                    (image, empty))
+    big, small_faces, none = _align(
+        FaceAligner(size=(48, 40)), (image, upright_faces), (small, half), (image, empty)
+    )
     assert big.data["aligned_crop"].shape == (1, 40, 48, 3)
     assert none.data["aligned_crop"].shape == (0, 40, 48, 3) and none.data["align_ok"].shape == (0,)
     assert _correlation(big.data["aligned_crop"][0], small_faces.data["aligned_crop"][0]) > 0.95

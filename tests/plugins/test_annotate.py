@@ -62,8 +62,11 @@ def test_labels_carry_id_class_confidence_and_extras() -> None:
             "emotion": np.array(["", "happy", ""]),
         },
     )
-    assert Annotator().labels(detections) == ["#12 car 0.87 54 km/h", "person 0.50 3 km/h happy",
-                                              "#3 car 0.25"]
+    assert Annotator().labels(detections) == [
+        "#12 car 0.87 54 km/h",
+        "person 0.50 3 km/h happy",
+        "#3 car 0.25",
+    ]
     quiet = Annotator(show_confidence=False, extras=["emotion"])
     assert quiet.labels(detections) == ["#12 car", "person happy", "#3 car"]
     detections.tracker_id = None
@@ -131,10 +134,16 @@ def test_empty_missing_and_untracked_layers_are_fine() -> None:
     image = np.full((48, 64, 3), BACKGROUND, dtype=np.uint8)
     frames = [
         Frame(source_id="cam", index=0, pts_ns=0, image=image.copy()),
-        Frame(source_id="cam", index=1, pts_ns=1, image=image.copy(),
-              layers={"objects": sv.Detections.empty()}),
-        Frame(source_id="cam", index=2, pts_ns=2, image=image.copy(),
-              layers={"faces": sv.Detections(xyxy=np.array([[5.0, 5.0, 30.0, 30.0]]))}),
+        Frame(
+            source_id="cam", index=1, pts_ns=1, image=image.copy(), layers={"objects": sv.Detections.empty()}
+        ),
+        Frame(
+            source_id="cam",
+            index=2,
+            pts_ns=2,
+            image=image.copy(),
+            layers={"faces": sv.Detections(xyxy=np.array([[5.0, 5.0, 30.0, 30.0]]))},
+        ),
     ]
     Annotator(layers=["objects", "faces"])(Batch.of(frames))
     np.testing.assert_array_equal(frames[0].canvas, image)

@@ -29,10 +29,21 @@ from tests.plugins.helpers_faces import (
     reference_scores,
 )
 
-GRAY_META = {"labels": ",".join(FERPLUS), "color": "gray", "scale": "0.00392156862745098",
-             "mean": "0.5", "std": "0.5"}
-RGB_META = {"labels": ",".join(FERPLUS), "color": "rgb", "scale": str(1 / 255),
-            "mean": "0.485,0.456,0.406", "std": "0.229,0.224,0.225", "output": "logits"}
+GRAY_META = {
+    "labels": ",".join(FERPLUS),
+    "color": "gray",
+    "scale": "0.00392156862745098",
+    "mean": "0.5",
+    "std": "0.5",
+}
+RGB_META = {
+    "labels": ",".join(FERPLUS),
+    "color": "rgb",
+    "scale": str(1 / 255),
+    "mean": "0.485,0.456,0.406",
+    "std": "0.229,0.224,0.225",
+    "output": "logits",
+}
 
 
 def _softmax(scores: np.ndarray) -> np.ndarray:
@@ -48,8 +59,14 @@ def _crops(count: int, seed: int = 0, size: tuple[int, int] = (64, 64)) -> np.nd
     return np.clip(base + noise, 0, 255).astype(np.uint8)
 
 
-def _frame(crops: np.ndarray, *, index: int = 0, source: str = "cam", ok: np.ndarray | None = None,
-           track_ids: np.ndarray | None = None) -> Frame:
+def _frame(
+    crops: np.ndarray,
+    *,
+    index: int = 0,
+    source: str = "cam",
+    ok: np.ndarray | None = None,
+    track_ids: np.ndarray | None = None,
+) -> Frame:
     count = len(crops)
     faces = sv.Detections(
         xyxy=np.tile(np.array([[10.0, 10.0, 74.0, 74.0]], dtype=np.float32), (count, 1)),
@@ -75,8 +92,16 @@ def _stage(model: Path, **kwargs: object) -> EmotionClassifier:
         ("gray", 8, "NCHW", GRAY_META),
         ("rgb", 8, "NCHW", RGB_META),
         ("rgb", 8, "NHWC", RGB_META),
-        ("bgr", 7, "NCHW", {"names": "{0: 'a', 1: 'b', 2: 'c', 3: 'd', 4: 'e', 5: 'f', 6: 'g'}",
-                            "color": "bgr", "preprocess": "x=x/255"}),
+        (
+            "bgr",
+            7,
+            "NCHW",
+            {
+                "names": "{0: 'a', 1: 'b', 2: 'c', 3: 'd', 4: 'e', 5: 'f', 6: 'g'}",
+                "color": "bgr",
+                "preprocess": "x=x/255",
+            },
+        ),
     ],
 )
 def test_answers_equal_an_independent_reference(
@@ -85,16 +110,25 @@ def test_answers_equal_an_independent_reference(
     rng = np.random.default_rng(3)
     channels = 1 if color == "gray" else 3
     weights, bias = rng.normal(0, 3, size=(channels, classes)), rng.normal(0, 0.5, size=classes)
-    model = build_classifier(tmp_path / "m.onnx", weights, bias, layout=layout,
-                             softmax=metadata.get("output") != "logits", metadata=metadata)
+    model = build_classifier(
+        tmp_path / "m.onnx",
+        weights,
+        bias,
+        layout=layout,
+        softmax=metadata.get("output") != "logits",
+        metadata=metadata,
+    )
     stage = _stage(model, output_probs=True)
     assert stage.spec is not None and stage.spec.layout == layout and len(stage.labels) == classes
     crops = _crops(12)
     frames = [_frame(crops[:5]), _frame(crops[5:], index=1)]
     stage(Batch.of(frames))
     spec = stage.spec
-    expected = _softmax(reference_scores(crops, weights, bias, color=spec.color, scale=spec.scale,
-                                         mean=spec.mean, std=spec.std))
+    expected = _softmax(
+        reference_scores(
+            crops, weights, bias, color=spec.color, scale=spec.scale, mean=spec.mean, std=spec.std
+        )
+    )
     got = np.concatenate([f.layers["faces"].data["emotion_probs"] for f in frames])
     np.testing.assert_allclose(got, expected, atol=1e-4)
     labels = np.concatenate([f.layers["faces"].data["emotion"] for f in frames])
@@ -112,8 +146,10 @@ def test_the_shared_seven_class_model_reads_its_own_metadata() -> None:
     detector = FaceDetector(model=shared_path(YUNET))
     detector.open(Context())
     image = astronaut()
-    frames = [Frame(source_id="cam", index=i, pts_ns=i, image=img)
-              for i, img in enumerate([image, image[:, ::-1].copy(), np.hstack([image, image])])]
+    frames = [
+        Frame(source_id="cam", index=i, pts_ns=i, image=img)
+        for i, img in enumerate([image, image[:, ::-1].copy(), np.hstack([image, image])])
+    ]
     stage(FaceAligner()(detector(Batch.of(frames))))
     answers = [f.layers["faces"].data["emotion"].tolist() for f in frames]
     assert answers == [["happy"], ["happy"], ["happy", "happy"]]  # she smiles broadly
@@ -123,10 +159,12 @@ def test_the_shared_seven_class_model_reads_its_own_metadata() -> None:
 def test_a_fixed_batch_model_is_fed_in_padded_chunks(tmp_path: Path) -> None:
     rng = np.random.default_rng(4)
     weights, bias = rng.normal(0, 3, size=(1, 8)), rng.normal(0, 0.5, size=8)
-    dynamic = _stage(build_classifier(tmp_path / "d.onnx", weights, bias, metadata=GRAY_META),
-                     output_probs=True)
-    fixed = _stage(build_classifier(tmp_path / "f.onnx", weights, bias, batch=4, metadata=GRAY_META),
-                   output_probs=True)
+    dynamic = _stage(
+        build_classifier(tmp_path / "d.onnx", weights, bias, metadata=GRAY_META), output_probs=True
+    )
+    fixed = _stage(
+        build_classifier(tmp_path / "f.onnx", weights, bias, batch=4, metadata=GRAY_META), output_probs=True
+    )
     crops = _crops(10, seed=5)
     a, b = _frame(crops), _frame(crops)
     dynamic(Batch.of([a]))
@@ -170,12 +208,14 @@ def test_config_overrides_and_clear_errors(tmp_path: Path) -> None:
         _stage(bare, labels=list(FERPLUS), color="rgb")
     with pytest.raises(ModelError, match="8 classes but 7 labels"):
         _stage(bare, labels=list(FERPLUS[:7]), color="rgb", scale=1 / 255)
-    stage = _stage(bare, labels=list(FERPLUS), color="bgr", scale=1 / 255, mean=[0.5], std=[0.25],
-                   output_probs=True)
+    stage = _stage(
+        bare, labels=list(FERPLUS), color="bgr", scale=1 / 255, mean=[0.5], std=[0.25], output_probs=True
+    )
     frame = _frame(_crops(3))
     stage(Batch.of([frame]))
-    expected = _softmax(reference_scores(_crops(3), weights, bias, color="bgr", scale=1 / 255, mean=[0.5],
-                                         std=[0.25]))  # raw scores: softmax decided from the values
+    expected = _softmax(
+        reference_scores(_crops(3), weights, bias, color="bgr", scale=1 / 255, mean=[0.5], std=[0.25])
+    )  # raw scores: softmax decided from the values
     np.testing.assert_allclose(frame.layers["faces"].data["emotion_probs"], expected, atol=1e-4)
 
 
@@ -266,15 +306,35 @@ def test_the_shipped_faces_pipeline_writes_emotions_and_landmarks(
 
     video = shared_path("media/faces/carphone_176x144.mp4")
     monkeypatch.setenv("VISTREAM_MODELS", str(shared_path("models")))
-    code = main(["run", str(video), "--pipeline", "faces", "--out", str(tmp_path), "--no-video",
-                 "--max-frames", "40", "--quiet"])
+    code = main(
+        [
+            "run",
+            str(video),
+            "--pipeline",
+            "faces",
+            "--out",
+            str(tmp_path),
+            "--no-video",
+            "--max-frames",
+            "40",
+            "--quiet",
+        ]
+    )
     assert code == 0
     lines = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     faces = [face for line in lines for face in line["layers"].get("faces", [])]
     assert len(lines) == 40 and len(faces) >= 38
     assert all(len(face["landmarks"]) == 5 and "aligned_crop" not in face for face in faces)
-    assert {face["emotion"] for face in faces} <= {"angry", "disgust", "fear", "happy", "sad", "surprise",
-                                                   "neutral", UNKNOWN}
+    assert {face["emotion"] for face in faces} <= {
+        "angry",
+        "disgust",
+        "fear",
+        "happy",
+        "sad",
+        "surprise",
+        "neutral",
+        UNKNOWN,
+    }
     assert sum(face["track_id"] is not None for face in faces) >= 35
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["stages"]["emotion"]["inference_calls"] == 5  # batch_size 8: one call per batch

@@ -70,8 +70,10 @@ def test_faces_are_kept_inside_people_and_linked_to_their_track(detector: FaceDe
     stage = FaceDetector(model=detector.model, within_layer="objects")
     stage.open(Context())
     people = sv.Detections(
-        xyxy=np.array([[300.0, 0, 500, 500], [150, 40, 320, 512], [100, 0, 512, 512], [140, 50, 300, 200]],
-                      dtype=np.float32),
+        xyxy=np.array(
+            [[300.0, 0, 500, 500], [150, 40, 320, 512], [100, 0, 512, 512], [140, 50, 300, 200]],
+            dtype=np.float32,
+        ),
         confidence=np.full(4, 0.9, dtype=np.float32),
         class_id=np.array([0, 0, 0, 1]),
         tracker_id=np.array([3, 7, 9, 11]),
@@ -82,8 +84,9 @@ def test_faces_are_kept_inside_people_and_linked_to_their_track(detector: FaceDe
     assert len(faces) == 1 and faces.data["person_track_id"].tolist() == [7]
     elsewhere = people[np.array([True, False, False, True])]
     assert len(_run(stage, astronaut(), people=elsewhere)[0].layers["faces"]) == 0
-    untracked = sv.Detections(xyxy=people.xyxy[1:2], class_id=np.array([0]),
-                              data={"class_name": np.array(["person"])})
+    untracked = sv.Detections(
+        xyxy=people.xyxy[1:2], class_id=np.array([0]), data={"class_name": np.array(["person"])}
+    )
     linked = _run(stage, astronaut(), people=untracked)[0].layers["faces"]
     assert linked.data["person_track_id"].tolist() == [-1]
 

@@ -141,8 +141,13 @@ def test_detections_without_confidence_are_tracked() -> None:
     stage = _stage()
     boxes = np.array([[10, 10, 50, 50], [200, 10, 240, 50]], dtype=np.float32)
     for index in range(3):
-        frame = Frame(source_id="cam", index=index, pts_ns=index * 40_000_000, image=None,
-                      layers={"objects": sv.Detections(xyxy=boxes + 3 * index)})
+        frame = Frame(
+            source_id="cam",
+            index=index,
+            pts_ns=index * 40_000_000,
+            image=None,
+            layers={"objects": sv.Detections(xyxy=boxes + 3 * index)},
+        )
         stage(Batch.of([frame]))
     assert sorted(frame.layers["objects"].tracker_id.tolist()) == [1, 2]
 
@@ -154,8 +159,7 @@ def test_tracks_outlive_empty_and_missing_layers() -> None:
         stage(Batch.of([scene_frame(index, rng)]))
     for index in range(4, 7):  # nothing detected: one empty layer, two frames without it
         layers = {"objects": sv.Detections.empty()} if index == 4 else {}
-        frame = Frame(source_id="cam", index=index, pts_ns=index * 40_000_000, image=None,
-                      layers=layers)
+        frame = Frame(source_id="cam", index=index, pts_ns=index * 40_000_000, image=None, layers=layers)
         stage(Batch.of([frame]))
         assert len(frame.layers["objects"]) == 0
         assert frame.layers["objects"].tracker_id is not None
@@ -180,9 +184,13 @@ def test_low_confidence_detections_are_kept_untracked() -> None:
     stage = _stage(low_conf_det_threshold=0.5, high_conf_det_threshold=0.6)
     boxes = np.array([[10, 10, 50, 50]], dtype=np.float32)
     for index in range(4):
-        frame = Frame(source_id="cam", index=index, pts_ns=index * 40_000_000, image=None,
-                      layers={"objects": sv.Detections(xyxy=boxes + index,
-                                                       confidence=np.array([0.3]))})
+        frame = Frame(
+            source_id="cam",
+            index=index,
+            pts_ns=index * 40_000_000,
+            image=None,
+            layers={"objects": sv.Detections(xyxy=boxes + index, confidence=np.array([0.3]))},
+        )
         stage(Batch.of([frame]))
         assert frame.layers["objects"].tracker_id.tolist() == [NO_TRACK_ID]
 

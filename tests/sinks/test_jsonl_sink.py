@@ -26,8 +26,7 @@ def _strict_lines(path: Path) -> list[dict]:
 
 
 def _frame(index: int, source_id: str = "cam", **layers: sv.Detections) -> Frame:
-    return Frame(source_id=source_id, index=index, pts_ns=index * 40_000_000, image=None,
-                 layers=dict(layers))
+    return Frame(source_id=source_id, index=index, pts_ns=index * 40_000_000, image=None, layers=dict(layers))
 
 
 def test_frames_round_trip_through_the_schema(tmp_path: Path) -> None:
@@ -47,9 +46,16 @@ def test_frames_round_trip_through_the_schema(tmp_path: Path) -> None:
     assert "skipped" not in first and "events" not in first
     car, person, faint = first["layers"]["objects"]
     assert car == {
-        "track_id": 4, "class_id": 2, "class_name": "car", "confidence": 0.9123,
-        "xyxy": [10.0, 20.3, 50.0, 60.0], "speed_kmh": 54.444,
-        "landmarks": [[12.3, 12.3]] * 5, "emotion": "happy", "lane": 1, "parked": False,
+        "track_id": 4,
+        "class_id": 2,
+        "class_name": "car",
+        "confidence": 0.9123,
+        "xyxy": [10.0, 20.3, 50.0, 60.0],
+        "speed_kmh": 54.444,
+        "landmarks": [[12.3, 12.3]] * 5,
+        "emotion": "happy",
+        "lane": 1,
+        "parked": False,
     }
     assert person["track_id"] == 7 and person["speed_kmh"] is None and person["emotion"] is None
     assert person["xyxy"] == [100.0, 5.0, 130.5, 45.5]  # float32 45.55 is 45.5499...
@@ -58,8 +64,15 @@ def test_frames_round_trip_through_the_schema(tmp_path: Path) -> None:
     assert second["events"] == [{"type": "calibration_suspect", "residual_px": 3.5}]
     assert second["layers"] == {"objects": []}
     assert third["source"] == "door"
-    assert third["layers"]["faces"] == [{"track_id": None, "class_id": 5, "class_name": None,
-                                         "confidence": None, "xyxy": [1.0, 2.0, 3.0, 4.0]}]
+    assert third["layers"]["faces"] == [
+        {
+            "track_id": None,
+            "class_id": 5,
+            "class_name": None,
+            "confidence": None,
+            "xyxy": [1.0, 2.0, 3.0, 4.0],
+        }
+    ]
 
 
 def test_every_batch_is_on_disk_before_close(tmp_path: Path) -> None:
@@ -75,13 +88,25 @@ def test_every_batch_is_on_disk_before_close(tmp_path: Path) -> None:
 def test_non_finite_values_in_object_columns_become_null() -> None:
     detections = sv.Detections(
         xyxy=np.zeros((1, 4)),
-        data={"scores": np.array([np.float64("nan")], dtype=object),
-              "misc": np.array([{"a": float("inf")}], dtype=object)},
+        data={
+            "scores": np.array([np.float64("nan")], dtype=object),
+            "misc": np.array([{"a": float("inf")}], dtype=object),
+        },
     )
     line = to_json_line({"objects": detections_to_records(detections)})
-    assert json.loads(line) == {"objects": [{"track_id": None, "class_id": None, "class_name": None,
-                                             "confidence": None, "xyxy": [0.0, 0.0, 0.0, 0.0],
-                                             "scores": None, "misc": {"a": None}}]}
+    assert json.loads(line) == {
+        "objects": [
+            {
+                "track_id": None,
+                "class_id": None,
+                "class_name": None,
+                "confidence": None,
+                "xyxy": [0.0, 0.0, 0.0, 0.0],
+                "scores": None,
+                "misc": {"a": None},
+            }
+        ]
+    }
 
 
 def test_write_before_open_and_unwritable_paths_raise_sink_error(tmp_path: Path) -> None:

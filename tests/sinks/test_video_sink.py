@@ -36,10 +36,22 @@ def _ffprobe(path: Path) -> dict[str, str]:
     if shutil.which("ffprobe") is None:
         pytest.skip("ffprobe is not installed")
     out = subprocess.run(
-        ["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",
-         "stream=nb_read_frames,r_frame_rate,avg_frame_rate,width,height,pix_fmt,codec_name",
-         "-of", "json", str(path)],
-        check=True, capture_output=True, text=True,
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=nb_read_frames,r_frame_rate,avg_frame_rate,width,height,pix_fmt,codec_name",
+            "-of",
+            "json",
+            str(path),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     return {key: str(value) for key, value in json.loads(out)["streams"][0].items()}
 
@@ -66,7 +78,11 @@ def test_output_has_the_input_frame_count_and_fps(tmp_path: Path, fps: float, ex
     assert probe["nb_read_frames"] == "37"
     assert probe["r_frame_rate"] == probe["avg_frame_rate"] == expected_rate
     assert (probe["codec_name"], probe["pix_fmt"], probe["width"], probe["height"]) == (
-        "h264", "yuv420p", "64", "48")
+        "h264",
+        "yuv420p",
+        "64",
+        "48",
+    )
 
 
 def test_canvas_is_written_when_present(tmp_path: Path) -> None:
@@ -133,8 +149,13 @@ def test_killed_writer_leaves_a_decodable_file(tmp_path: Path) -> None:
         time.sleep(60)
         """
     )
-    writer = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = writer.stdout.readline() if writer.stdout else ""
         assert line.strip() == "written", writer.stderr.read() if writer.stderr else ""
@@ -170,8 +191,12 @@ def test_real_video_keeps_its_frame_count_and_fps(tmp_path: Path, highway_video:
     for index, (frame, image) in enumerate(zip(frames, images, strict=True)):
         frame.index, frame.image = index, image
     path = tmp_path / "highway.mp4"
-    _write(VideoSink(path), frames, Context(sources={"cam": source_info(fps=fps, width=320, height=240)}),
-           batch_size=16)
+    _write(
+        VideoSink(path),
+        frames,
+        Context(sources={"cam": source_info(fps=fps, width=320, height=240)}),
+        batch_size=16,
+    )
     probe = _ffprobe(path)
     assert int(probe["nb_read_frames"]) == len(images)
     assert Fraction(probe["avg_frame_rate"]) == Fraction(fps).limit_denominator(1001)

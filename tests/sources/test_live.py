@@ -86,8 +86,9 @@ def segments_in(path: Path) -> list[tuple[str, int]]:
 class ScriptedSource:
     """A connection attempt: fails to open, or yields ``frames`` frames then ends or raises."""
 
-    def __init__(self, *, open_fails: bool = False, frames: int = 0, then: str = "eos",
-                 pts_start_ns: int = 0) -> None:
+    def __init__(
+        self, *, open_fails: bool = False, frames: int = 0, then: str = "eos", pts_start_ns: int = 0
+    ) -> None:
         self.open_fails, self.frame_count, self.then = open_fails, frames, then
         self.pts_start_ns = pts_start_ns
         self.closed = threading.Event()
@@ -132,8 +133,9 @@ def scripted(*attempts: ScriptedSource, policy: ReconnectPolicy = FAST) -> Super
     def factory() -> ScriptedSource:
         return queue.pop(0) if queue else ScriptedSource(then="hang")
 
-    return SupervisedSource(factory, source_id="gate", uri="rtsp://admin:hunter2@10.0.0.9/live",
-                            policy=policy, seed=1)
+    return SupervisedSource(
+        factory, source_id="gate", uri="rtsp://admin:hunter2@10.0.0.9/live", policy=policy, seed=1
+    )
 
 
 def test_supervisor_reconnects_through_failures_with_one_timeline() -> None:
@@ -179,8 +181,9 @@ def test_supervisor_gives_up_after_max_attempts_with_a_masked_reason() -> None:
 
 def test_watchdog_reconnects_a_source_that_hangs() -> None:
     policy = ReconnectPolicy(stall_timeout_s=0.3, backoff_initial_s=0.05, backoff_max_s=0.1)
-    source = scripted(ScriptedSource(frames=2, then="hang"), ScriptedSource(frames=2, then="hang"),
-                      policy=policy)
+    source = scripted(
+        ScriptedSource(frames=2, then="hang"), ScriptedSource(frames=2, then="hang"), policy=policy
+    )
     listener = Listener()
     source.subscribe(listener)
     source.open()
@@ -271,15 +274,16 @@ def test_camera_absent_at_start_up_is_picked_up_when_it_appears(tmp_path: Path) 
         runner.stop()
         camera.kill()
     assert runner.error is None
-    (_, connected), = recorder.events("source_connected")
+    ((_, connected),) = recorder.events("source_connected")
     assert connected["segment"] == 1 and connected["attempts"] > 2 and connected["down_s"] >= 1.5
 
 
 @pytest.mark.gst
 def test_frozen_camera_is_reconnected_by_the_watchdog(tmp_path: Path) -> None:
     needs_rtsp()
-    policy = ReconnectPolicy(backoff_initial_s=0.1, backoff_max_s=0.3, stall_timeout_s=1.0,
-                             connect_timeout_s=1.0)
+    policy = ReconnectPolicy(
+        backoff_initial_s=0.1, backoff_max_s=0.3, stall_timeout_s=1.0, connect_timeout_s=1.0
+    )
     camera = RtspCamera()
     camera.start()
     recorder = RecordingSink()
@@ -298,7 +302,7 @@ def test_frozen_camera_is_reconnected_by_the_watchdog(tmp_path: Path) -> None:
         runner.stop()
         camera.kill()
     assert runner.error is None
-    (_, event), = recorder.events("source_reconnected")
+    ((_, event),) = recorder.events("source_reconnected")
     assert "no frame" in event["reason"]
 
 
@@ -359,15 +363,19 @@ def test_metrics_endpoint_and_status_line_report_the_same_numbers() -> None:
     def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
             text = reply.read().decode()
-        return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-                for family in text_string_to_metric_families(text) for sample in family.samples}
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
 
     pipeline = Pipeline([NamedStage("slow", SleepStage(seconds=0.05))])  # 20 fps against 50 fps
     server = MetricsServer(pipeline, port=0)
     assert server.host == "127.0.0.1" and server.port > 0
     try:
-        runner = Runner(pipeline, open_source("test://?width=64&height=48&fps=50", source_id="live"),
-                        [RecordingSink()])
+        runner = Runner(
+            pipeline, open_source("test://?width=64&height=48&fps=50", source_id="live"), [RecordingSink()]
+        )
         wait_for(lambda: pipeline.metrics.frames_out["live"] > 10, 10, "frames")
         during = scrape(server.port)
         assert during[("vistream_source_up", (("source", "live"),))] == 1.0
@@ -384,7 +392,8 @@ def test_metrics_endpoint_and_status_line_report_the_same_numbers() -> None:
     assert after[("vistream_frames_dropped_total", live)] == metrics.frames_dropped["live"] > 0
     assert after[("vistream_frame_age_seconds_count", live)] == metrics.frames_out["live"]
     assert after[("vistream_stage_latency_seconds_count", (("stage", "slow"),))] == len(
-        metrics.stage_latency_ms["slow"])
+        metrics.stage_latency_ms["slow"]
+    )
     assert after[("vistream_source_up", live)] == 0.0  # ended
     ages_s = metrics.frame_age_ms["live"].recent() / 1000
     assert after[("vistream_frame_age_seconds_bucket", (("le", "0.25"), *live))] == np.sum(ages_s <= 0.25)

@@ -33,7 +33,6 @@ from engine.errors import ConfigError, EngineError
 logger = logging.getLogger(__name__)
 
 
-
 def parse_batches(text: str) -> tuple[int, ...]:
     """``"1,8,32"`` -> ``(1, 8, 32)``.
 

@@ -85,7 +85,8 @@ def check_exportable(model: Any, *, channels: int, height: int, width: int) -> N
             handle.remove()
     if problems:
         raise ModelError(
-            f"cannot export at input {height}x{width}: " + "; ".join(problems)
+            f"cannot export at input {height}x{width}: "
+            + "; ".join(problems)
             + ". ONNX has no adaptive pooling: use an output of 1x1 (e.g. AdaptiveAvgPool2d(1)) "
             "or an input size whose feature map the output divides"
         )
@@ -155,8 +156,13 @@ def export_classifier(
             # The TorchScript-based exporter: the torch.export one needs onnxscript, an
             # extra dependency, and gives the same graph for plain CNN classifiers.
             torch.onnx.export(
-                model.eval(), (example,), str(path), dynamo=False, opset_version=opset,
-                input_names=["input"], output_names=["logits" if outputs_logits else "probs"],
+                model.eval(),
+                (example,),
+                str(path),
+                dynamo=False,
+                opset_version=opset,
+                input_names=["input"],
+                output_names=["logits" if outputs_logits else "probs"],
                 dynamic_axes={"input": {0: "N"}, ("logits" if outputs_logits else "probs"): {0: "N"}},
             )
     except Exception as error:  # the exporter raises many unrelated types; report one line
@@ -210,10 +216,12 @@ def verify_export(
         spec = resolve_spec(backend.inputs, backend.outputs, backend.metadata)
         tensor = spec.preprocess(crops)
         onnx_out = np.asarray(backend.run({spec.input_name: tensor})[spec.output_name])
-        single = np.concatenate([
-            np.asarray(backend.run({spec.input_name: tensor[i : i + 1]})[spec.output_name])
-            for i in range(len(tensor))
-        ])
+        single = np.concatenate(
+            [
+                np.asarray(backend.run({spec.input_name: tensor[i : i + 1]})[spec.output_name])
+                for i in range(len(tensor))
+            ]
+        )
     finally:
         backend.close()
     with torch.no_grad():
