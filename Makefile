@@ -1,34 +1,48 @@
-# `make demo`, `make test`, `make bench` set themselves up on a fresh machine:
-# Debian packages for GStreamer when missing, then a virtualenv in .venv/ with pip.
+# `make demo`, `make test`, `make bench`, `make lint` set themselves up on a fresh machine:
+# Debian packages when missing (GStreamer, python3-venv, a compiler), then a virtualenv in
+# .venv/ with pip. The demo installs only what the demo needs; the tests install every extra
+# the suite exercises. Both install with the versions pinned in .ci/constraints.txt.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 SHARED ?= ../shared
-EXTRAS ?= gst,dev,export,gpu,bench
+CONSTRAINTS := .ci/constraints.txt
+DEMO_EXTRAS ?= gst
+TEST_EXTRAS ?= gst,dev,export,gpu,bench
+PIP := $(VENV)/bin/pip install --quiet -c $(CONSTRAINTS)
 
-.PHONY: setup system-deps demo test bench lint clean
+.PHONY: python-version system-deps demo test bench lint clean
 
-setup: system-deps $(VENV)/.installed
+python-version:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || \
+	  { echo "vistream needs Python >= 3.11; $(PYTHON) is $$($(PYTHON) --version 2>&1 || echo missing) (make PYTHON=/path/to/python3.11 ...)"; exit 1; }
 
 system-deps:
 	@bash .ci/install-system-deps.sh
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+$(VENV)/bin/python: | python-version system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e ".[$(EXTRAS)]"
+
+# One stamp per install profile: a demo venv grows into a test venv, never the other way.
+$(VENV)/.installed-demo: setup.cfg pyproject.toml $(CONSTRAINTS) | $(VENV)/bin/python
+	$(PIP) -e ".[$(DEMO_EXTRAS)]"
 	touch $@
 
-demo: setup
+$(VENV)/.installed-test: setup.cfg pyproject.toml $(CONSTRAINTS) | $(VENV)/bin/python
+	$(PIP) -e ".[$(TEST_EXTRAS)]"
+	touch $@ $(VENV)/.installed-demo
+
+demo: $(VENV)/.installed-demo
 	$(VENV)/bin/vistream run $(SHARED)/media/traffic/highway_overpass_320x240_60fps.avi \
 		--pipeline default --out out/demo
 
-test: setup
+test: $(VENV)/.installed-test
 	VISTREAM_SHARED=$(SHARED) $(VENV)/bin/python -m pytest -q -rs
 
-bench: setup
+bench: $(VENV)/.installed-test
 	$(VENV)/bin/python benchmarks/regression.py --shared $(SHARED) --out out/bench
 
-lint: setup
+lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check engine plugins tests benchmarks
 	$(VENV)/bin/ruff format --check engine plugins tests benchmarks
 	$(VENV)/bin/mypy engine plugins

@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 import supervision as sv
 
+from engine.config import describe_lookup
 from engine.errors import ConfigError, ModelError
 from engine.frame import Batch
 from engine.stage import BaseStage, Context
@@ -121,7 +122,7 @@ class FaceDetector(BaseStage):
     def open(self, context: Context) -> None:
         """Load YuNet once (and fail early on a bad file)."""
         if not self.model.is_file():
-            raise ModelError(f"YuNet model not found: {self.model}")
+            raise ModelError(f"YuNet model not found: {self.model} ({describe_lookup('models')})")
         self._detector_for((320, 320))
 
     def _detector_for(self, size: tuple[int, int]) -> Any:

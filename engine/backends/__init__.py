@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.backends.base import InferenceBackend, TensorSpec
+from engine.config import describe_lookup
 from engine.device import Device
 from engine.errors import ConfigError, ModelError
 
@@ -50,7 +51,7 @@ def load_backend(model_path: Path, *, device: str | Device = "cpu", **options: A
     """
     path = Path(model_path)
     if not path.is_file():
-        raise ModelError(f"model file not found: {path}")
+        raise ModelError(f"model file not found: {path} ({describe_lookup('models')})")
     suffix = path.suffix.lower()
     if suffix not in BACKENDS:
         supported = ", ".join(sorted(BACKENDS))

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import textwrap
 import threading
 import time
 from dataclasses import replace
@@ -21,7 +22,7 @@ from typing import Any
 
 from engine import __version__
 from engine.checks import check_number, check_optional_int
-from engine.config import load_pipeline, parse_sources
+from engine.config import PIPELINES_DIR, describe_lookup, load_pipeline, parse_sources
 from engine.errors import ConfigError, SinkError
 from engine.metrics.prometheus import MetricsServer
 from engine.metrics.run import status_line
@@ -42,6 +43,8 @@ def add_subcommand(subparsers: Any) -> None:
         "endless test://) reconnect forever and process the latest frame; files are read to their "
         "end, every frame. With several sources, annotated_<id>.mp4 and tracks_<layer>_<id>.txt "
         "are written per source; events.jsonl holds every source.",
+        epilog=_help_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument(
         "sources",
@@ -94,6 +97,20 @@ def add_subcommand(subparsers: Any) -> None:
     run.add_argument("--no-video", action="store_true", help="do not write annotated video")
     run.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
     run.set_defaults(handler=run_command)
+
+
+def _help_epilog() -> str:
+    """The shipped pipelines with their first comment line, and where files are looked up."""
+    lines = ["shipped pipelines (--pipeline NAME):"]
+    for path in sorted(PIPELINES_DIR.glob("*.yaml")):
+        first = path.read_text(encoding="utf-8").splitlines()[0].lstrip("# ").strip()
+        lines.append(f"  {path.stem:<18} {first}")
+    lines += [
+        "",
+        textwrap.fill(describe_lookup("models") + ".", width=90),
+        textwrap.fill(describe_lookup("calibrations") + ".", width=90),
+    ]
+    return "\n".join(lines)
 
 
 def limit_malloc_arenas(arenas: int = 2) -> bool:

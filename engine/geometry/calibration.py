@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from engine.config import describe_lookup
 from engine.errors import CalibrationError
 from engine.geometry import plane as geometry
 
@@ -218,7 +219,8 @@ class Calibration:
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as error:
-            raise CalibrationError(f"{path}: cannot read calibration: {error.strerror}") from error
+            hint = f" ({describe_lookup('calibrations')})" if isinstance(error, FileNotFoundError) else ""
+            raise CalibrationError(f"{path}: cannot read calibration: {error.strerror}{hint}") from error
         try:
             document = yaml.safe_load(text)
         except yaml.YAMLError as error:
