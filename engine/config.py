@@ -29,7 +29,6 @@ import collections.abc
 import inspect
 import os
 import re
-import sys
 import types
 import typing
 from dataclasses import dataclass, field, fields, replace
@@ -41,6 +40,7 @@ import yaml
 from engine.checks import check_choice, check_int, check_number, check_str
 from engine.device import CPU, Device, parse_device
 from engine.errors import ConfigError, EngineError
+from engine.locations import default_variables
 from engine.registry import resolve_stage
 from engine.sources.spec import SourceSpec, default_source_id, parse_sources
 from engine.stage import Stage
@@ -193,53 +193,6 @@ class PipelineSpec:
                 option = "--" + name.replace("_", "-")
                 raise ConfigError(f"{option}{str(error).removeprefix(name)}") from error
         return replace(self, settings=settings)
-
-
-#: The checkout this engine runs from, when it runs from one (an editable install).
-_CHECKOUT_DIR = Path(__file__).resolve().parent.parent
-
-
-def _first_directory(candidates: list[Path]) -> Path:
-    """The first candidate that is a directory, else the first one (named in errors)."""
-    return next((path for path in candidates if path.is_dir()), candidates[0])
-
-
-def default_variables() -> dict[str, str]:
-    """Variables a pipeline YAML may use even when the environment does not set them.
-
-    - ``VISTREAM_SHARED``: ``../shared`` beside the current directory, else beside the
-      checkout the engine runs from.
-    - ``VISTREAM_MODELS``: ``$VISTREAM_SHARED/models``.
-    - ``VISTREAM_CALIBRATIONS``: the checkout's ``calibrations/``, else the copy a plain
-      ``pip install`` puts under ``<prefix>/share/vistream/calibrations``.
-    """
-    shared = os.environ.get("VISTREAM_SHARED") or str(
-        _first_directory([(Path.cwd() / ".." / "shared").resolve(), _CHECKOUT_DIR.parent / "shared"])
-    )
-    calibrations = os.environ.get("VISTREAM_CALIBRATIONS") or str(
-        _first_directory(
-            [_CHECKOUT_DIR / "calibrations", Path(sys.prefix) / "share" / "vistream" / "calibrations"]
-        )
-    )
-    return {
-        "VISTREAM_SHARED": shared,
-        "VISTREAM_MODELS": os.environ.get("VISTREAM_MODELS") or str(Path(shared) / "models"),
-        "VISTREAM_CALIBRATIONS": calibrations,
-    }
-
-
-def describe_lookup(kind: str = "models") -> str:
-    """Where ``${VISTREAM_MODELS}`` (``kind="models"``) or ``${VISTREAM_CALIBRATIONS}``
-    (``kind="calibrations"``) points now and how to change it, for "not found" errors."""
-    variables = default_variables()
-    if kind == "calibrations":
-        return (
-            f"calibrations are looked up in {variables['VISTREAM_CALIBRATIONS']}; set VISTREAM_CALIBRATIONS"
-        )
-    return (
-        f"models are looked up in {variables['VISTREAM_MODELS']}; "
-        "set VISTREAM_MODELS, or VISTREAM_SHARED for its parent"
-    )
 
 
 def find_pipeline(name_or_path: str) -> Path:

@@ -45,6 +45,7 @@ import supervision as sv
 
 from engine.backends import load_backend
 from engine.backends.base import InferenceBackend
+from engine.checks import check_bool, check_int, check_number, check_optional_int
 from engine.errors import ConfigError, ModelError
 from engine.frame import OBJECTS_LAYER, Batch
 from engine.ops.cpu import letterbox_batch
@@ -121,11 +122,9 @@ class YoloDetector(BaseStage):
         half: bool = False,
         backend_options: dict[str, Any] | None = None,
     ) -> None:
-        for name, value in (("confidence", confidence), ("iou", iou)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-                raise ConfigError(f"{name} must be a number between 0 and 1, got {value!r}")
-        if isinstance(max_detections, bool) or not isinstance(max_detections, int) or max_detections < 1:
-            raise ConfigError(f"max_detections must be a positive integer, got {max_detections!r}")
+        check_number("confidence", confidence, low=0.0, high=1.0)
+        check_number("iou", iou, low=0.0, high=1.0)
+        check_int("max_detections", max_detections, low=1)
         if not isinstance(layer, str) or not layer:
             raise ConfigError(f"layer must be a non-empty string, got {layer!r}")
         if classes is not None and (
@@ -135,14 +134,10 @@ class YoloDetector(BaseStage):
             or not all(isinstance(name, str) and name for name in classes)
         ):
             raise ConfigError(f"classes must be a non-empty list of class names or null, got {classes!r}")
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-            raise ConfigError(f"threads must be a positive integer or null, got {threads!r}")
-        if not isinstance(agnostic_nms, bool):
-            raise ConfigError(f"agnostic_nms must be true or false, got {agnostic_nms!r}")
-        if imgsz is not None and (isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz < 32):
-            raise ConfigError(f"imgsz must be an integer >= 32 or null, got {imgsz!r}")
-        if not isinstance(half, bool):
-            raise ConfigError(f"half must be true or false, got {half!r}")
+        check_optional_int("threads", threads, low=1)
+        check_bool("agnostic_nms", agnostic_nms)
+        check_optional_int("imgsz", imgsz, low=32)
+        check_bool("half", half)
         if backend_options is not None and (
             not isinstance(backend_options, Mapping) or not all(isinstance(k, str) for k in backend_options)
         ):

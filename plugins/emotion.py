@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.backends import load_backend
 from engine.errors import ConfigError, StageError
 from engine.frame import NO_TRACK_ID, Batch
 from engine.stage import BaseStage, Context
@@ -211,7 +212,6 @@ class EmotionClassifier(BaseStage):
 
     def open(self, context: Context) -> None:
         """Load the classifier and work out its preprocessing."""
-        from engine.backends import load_backend
 
         self._backend = load_backend(self.model, device=self.device or context.device)
         self.spec = resolve_spec(

@@ -30,9 +30,9 @@ import cv2
 import numpy as np
 import supervision as sv
 
-from engine.config import describe_lookup
 from engine.errors import ConfigError, ModelError
 from engine.frame import Batch
+from engine.locations import describe_lookup
 from engine.stage import BaseStage, Context
 
 logger = logging.getLogger(__name__)

@@ -22,6 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from engine.checks import check_int, check_number, check_optional_int
 from engine.errors import ConfigError, StageError
 from engine.frame import Batch
 from engine.geometry.calibration import Calibration
@@ -69,9 +70,8 @@ def grid_spacing(
     Raises:
         ConfigError: Both counts given, or a count below 1.
     """
-    for name, value in (("cells_x", cells_x), ("cells_y", cells_y)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ConfigError(f"grid: {name} must be an integer >= 1 or null, got {value!r}")
+    check_optional_int("grid: cells_x", cells_x, low=1)
+    check_optional_int("grid: cells_y", cells_y, low=1)
     if cells_x is not None and cells_y is not None:
         raise ConfigError("grid: set cells_x or cells_y, not both (the other follows the rectangle)")
     width, length = calibration.width_m, calibration.length_m
@@ -259,19 +259,16 @@ class CalibrationGrid(BaseStage):
             raise ConfigError(f"grid: calibration must be a path, got {calibration!r}")
         if cells_x is not None and cells_y is not None:
             raise ConfigError("grid: set cells_x or cells_y, not both (the other follows the rectangle)")
-        for name, value in (("cells_x", cells_x), ("cells_y", cells_y)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigError(f"grid: {name} must be an integer >= 1 or null, got {value!r}")
+        check_optional_int("grid: cells_x", cells_x, low=1)
+        check_optional_int("grid: cells_y", cells_y, low=1)
         if (
             isinstance(color, str)
             or len(color) != 3
             or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in color)
         ):
             raise ConfigError(f"grid: color must be three integers 0..255 (B, G, R), got {color!r}")
-        if isinstance(thickness, bool) or not isinstance(thickness, int) or thickness < 1:
-            raise ConfigError(f"grid: thickness must be an integer >= 1, got {thickness!r}")
-        if isinstance(opacity, bool) or not isinstance(opacity, (int, float)) or not 0.0 <= opacity <= 1.0:
-            raise ConfigError(f"grid: opacity must be a number in [0, 1], got {opacity!r}")
+        check_int("grid: thickness", thickness, low=1)
+        check_number("grid: opacity", opacity, low=0.0, high=1.0)
         self.calibration_path = Path(calibration)
         self.cells_x = cells_x
         self.cells_y = cells_y

@@ -28,6 +28,7 @@ import supervision as sv
 
 from engine.errors import ConfigError, SourceError
 from engine.frame import NO_TRACK_ID, OBJECTS_LAYER, Batch, Frame
+from engine.sources.synthetic import scene_from_uri
 from engine.sources.synthetic_traffic import TrafficScene
 from engine.stage import BaseStage, Context
 
@@ -146,7 +147,6 @@ class ReplayDetector(BaseStage):
 
     def open(self, context: Context) -> None:
         """Read the MOT file, or check that every source has a synthetic scene to replay."""
-        from engine.sources.synthetic import scene_from_uri
 
         self._context = context
         self._rngs.clear()

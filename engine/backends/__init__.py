@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from engine.backends.base import InferenceBackend, TensorSpec
-from engine.config import describe_lookup
 from engine.device import Device
 from engine.errors import ConfigError, ModelError
+from engine.locations import describe_lookup
 
 __all__ = ["BACKENDS", "InferenceBackend", "TensorSpec", "load_backend"]
 

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from engine.backends.base import TensorSpec
+from engine.backends.ultralytics_env import import_ultralytics
 from engine.checks import check_bool, check_optional_int
 from engine.device import Device, parse_device
 from engine.errors import ConfigError, ModelError
@@ -39,7 +40,6 @@ OUTPUT_NAME = "output0"
 
 def _load_ultralytics_checkpoint(path: Path) -> Any:
     """The model of an Ultralytics ``.pt`` checkpoint, with Ultralytics' own loader."""
-    from engine.backends.ultralytics_env import import_ultralytics
 
     import_ultralytics()
     from ultralytics.nn import tasks

@@ -33,6 +33,7 @@ from engine.backends.trt_calibration import (
     make_entropy_calibrator,
     torch_uploader,
 )
+from engine.checks import check_int
 from engine.errors import ConfigError, ModelError
 
 logger = logging.getLogger(__name__)
@@ -63,8 +64,7 @@ def batch_profile(batch: int, *, dynamic: bool, opt: int | None = None) -> Batch
     Raises:
         ConfigError: The sizes are not positive or ``opt`` is above ``batch``.
     """
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ConfigError(f"batch must be a positive integer, got {batch!r}")
+    check_int("batch", batch, low=1)
     if not dynamic:
         return BatchProfile(batch, batch, batch)
     return BatchProfile(1, batch if opt is None else opt, batch)

@@ -23,6 +23,7 @@ import numpy as np
 
 from engine.errors import CalibrationError, ConfigError, SourceError
 from engine.geometry.calibration import Calibration
+from plugins.grid import draw_grid
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +121,6 @@ def render_check(
     Raises:
         CalibrationError: The frame's size differs from the calibration's.
     """
-    from plugins.grid import draw_grid  # the grid stage owns the drawing
 
     image = read_frame(video, frame_index)
     height, width = image.shape[:2]

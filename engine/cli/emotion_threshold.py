@@ -34,7 +34,12 @@ import numpy as np
 
 from engine.errors import ConfigError
 from engine.frame import Batch, Frame
+from engine.locations import default_variables
 from engine.stage import Context
+from plugins.align import FaceAligner
+from plugins.emotion import EmotionClassifier
+from plugins.emotion_model import canonical_emotion
+from plugins.faces import FaceDetector
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +114,6 @@ def parse_label_map(text: str | None) -> dict[str, str]:
 
 def model_to_dataset_names(model_labels: Sequence[str], label_map: dict[str, str]) -> list[str]:
     """Name each model label as the data set does (explicit map first, then synonyms)."""
-    from plugins.emotion_model import canonical_emotion
 
     return [label_map.get(label, canonical_emotion(label)) for label in model_labels]
 
@@ -134,10 +138,6 @@ class FacePipeline:
         margin: float = 0.0,
         detector_confidence: float = 0.5,
     ) -> None:
-        from plugins.align import FaceAligner
-        from plugins.emotion import EmotionClassifier
-        from plugins.faces import FaceDetector
-
         self.faces = FaceDetector(model=detector, confidence=detector_confidence)
         self.emotion = EmotionClassifier(model=model, smoothing_alpha=None)
         context = Context()
@@ -368,7 +368,6 @@ def _finite(rows: list[dict[str, float]]) -> list[dict[str, float | None]]:
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``vistream emotion-threshold``."""
-    from engine.config import default_variables
 
     for name in ("target_reject", "target_error", "target_reject_on_video"):
         value = getattr(args, name)

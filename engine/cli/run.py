@@ -22,8 +22,9 @@ from typing import Any
 
 from engine import __version__
 from engine.checks import check_number, check_optional_int
-from engine.config import PIPELINES_DIR, describe_lookup, load_pipeline, parse_sources
+from engine.config import PIPELINES_DIR, load_pipeline, parse_sources
 from engine.errors import ConfigError, SinkError
+from engine.locations import describe_lookup
 from engine.metrics.prometheus import MetricsServer
 from engine.metrics.run import status_line
 from engine.pipeline import Pipeline

@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-from engine.config import describe_lookup
 from engine.errors import CalibrationError
 from engine.geometry import plane as geometry
+from engine.locations import describe_lookup
 
 logger = logging.getLogger(__name__)
 

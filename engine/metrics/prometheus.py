@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from engine.checks import check_int
 from engine.errors import ConfigError
 from engine.metrics.run import BUCKETS_MS, LatencySeries
 
@@ -130,8 +131,7 @@ class MetricsServer:
     """
 
     def __init__(self, pipeline: Any, *, port: int, host: str = "127.0.0.1") -> None:
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-            raise ConfigError(f"--metrics-port: expected a port number 0-65535, got {port!r}")
+        check_int("--metrics-port", port, low=0, high=65535)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(PipelineCollector(pipeline))
         try:

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from engine.ops.warp import warp_crops_cv2
+
 __all__ = [
     "LetterboxInfo",
     "box_crop_matrices",
@@ -384,7 +386,6 @@ def crop_resize(
     Returns:
         (n, height, width, 3) uint8 crops; pixels outside a frame repeat its edge.
     """
-    from engine.ops.warp import warp_crops_cv2
 
     matrices = box_crop_matrices(boxes_xyxy, size_wh)
     return warp_crops_cv2(images_bgr, np.asarray(image_index), matrices, size_wh, border="replicate")

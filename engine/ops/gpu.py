@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engine.ops.cpu import LetterboxInfo, _shape_hw, box_crop_matrices, letterbox_params
+from engine.ops.warp import warp_crops_torch
 
 if TYPE_CHECKING:
     import torch
@@ -209,7 +210,6 @@ def crop_resize_torch(
     Returns:
         (n, 3, height, width) uint8 BGR crops on the frames' device.
     """
-    from engine.ops.warp import warp_crops_torch
 
     matrices = box_crop_matrices(boxes_xyxy, size_wh)
     return warp_crops_torch(images, np.asarray(image_index), matrices, size_wh, border="replicate")

@@ -21,8 +21,10 @@ ground truth, no decoder).
 from __future__ import annotations
 
 from engine.errors import ConfigError, SourceError
+from engine.sources.av import AvSource
 from engine.sources.base import Source
-from engine.sources.gst import gstreamer_available
+from engine.sources.gst import GstSource, gstreamer_available
+from engine.sources.synthetic import SyntheticTrafficSource
 from engine.sources.uri import SourceUri, mask_credentials, parse_uri
 
 __all__ = [
@@ -73,7 +75,6 @@ def open_source(
         raise ConfigError(f"source backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if isinstance(uri, str) and uri.strip().lower().startswith("synthetic://"):
         # Rendered scenes with ground truth: generated in numpy, no decoder involved.
-        from engine.sources.synthetic import SyntheticTrafficSource
 
         return SyntheticTrafficSource(uri.strip(), source_id=source_id)
     target = parse_uri(uri)
@@ -86,15 +87,12 @@ def open_source(
                 "without it only video files can be read"
             )
     if backend == "av":
-        from engine.sources.av import AvSource
-
         return AvSource(target, source_id=source_id)
     if not gstreamer_available():
         raise SourceError(
             f"backend 'gst' requested for {target.display} but GStreamer is not available "
             "through PyGObject (install the 'gst' extra and the system GStreamer plugins)"
         )
-    from engine.sources.gst import GstSource
 
     return GstSource(
         target,

@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from engine.errors import ConfigError
+from engine.sources import open_source
 from engine.sources.base import FRAME_POLICIES, Feed, Source
 from engine.sources.supervised import ReconnectPolicy, open_supervised, reconnects_by_default
 from engine.sources.uri import mask_credentials, parse_uri
@@ -69,7 +70,6 @@ class SourceSpec:
 
     def build(self) -> Feed:
         """Create the (unopened) source and its queueing."""
-        from engine.sources import open_source
 
         if self.reconnect is not None:
             source: Source = open_supervised(self.uri, source_id=self.id, policy=self.reconnect)

@@ -33,6 +33,7 @@ from typing import Any
 
 from engine.errors import ConfigError, SourceError
 from engine.frame import Frame, SourceInfo
+from engine.sources import open_source
 from engine.sources.base import SegmentListener, Source
 from engine.sources.uri import mask_credentials, parse_uri
 
@@ -336,7 +337,6 @@ def open_supervised(
     rtsp_latency_ms: int = 200,
 ) -> SupervisedSource:
     """A supervised source for a camera or stream URI (see :func:`engine.sources.open_source`)."""
-    from engine.sources import open_source
 
     policy = policy or ReconnectPolicy()
     parse_uri(uri)  # a malformed URI is a configuration error now, not a retry loop

@@ -380,15 +380,15 @@ def test_dynamic_size_model_needs_usable_imgsz(tmp_path: Path, metadata: dict[st
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"confidence": 1.5}, "confidence must be a number between 0 and 1"),
-        ({"iou": -0.1}, "iou must be a number between 0 and 1"),
-        ({"iou": "high"}, "iou must be a number"),
-        ({"max_detections": 0}, "max_detections must be a positive integer"),
+        ({"confidence": 1.5}, "confidence: expected a number >= 0 and <= 1"),
+        ({"iou": -0.1}, "iou: expected a number >= 0 and <= 1"),
+        ({"iou": "high"}, "iou: expected a number"),
+        ({"max_detections": 0}, "max_detections: expected a positive integer"),
         ({"classes": "car"}, "classes must be a non-empty list"),
         ({"classes": []}, "classes must be a non-empty list"),
-        ({"threads": 0}, "threads must be a positive integer"),
+        ({"threads": 0}, "threads: expected a positive integer"),
         ({"layer": ""}, "layer must be a non-empty string"),
-        ({"agnostic_nms": "yes"}, "agnostic_nms must be true or false"),
+        ({"agnostic_nms": "yes"}, "agnostic_nms: expected true or false"),
     ],
 )
 def test_constructor_validates(kwargs: dict[str, object], match: str) -> None:
@@ -764,8 +764,8 @@ def test_imgsz_and_backend_options(yolo_export, tmp_path: Path) -> None:  # noqa
     with pytest.raises(ConfigError, match="does not accept option"):
         _opened(yolo_export.onnx_fixed, backend_options={"cuda_graph": True})
     for kwargs, match in (
-        ({"imgsz": 16}, "imgsz must be"),
-        ({"half": "no"}, "half must be"),
+        ({"imgsz": 16}, "imgsz: expected"),
+        ({"half": "no"}, "half: expected"),
         ({"backend_options": ["x"]}, "backend_options must be"),
     ):
         with pytest.raises(ConfigError, match=match):

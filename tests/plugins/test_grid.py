@@ -41,7 +41,7 @@ def test_both_counts_or_bad_counts_are_refused() -> None:
     calibration = Calibration.load(HIGHWAY)
     with pytest.raises(ConfigError, match="not both"):
         grid_spacing(calibration, 2, 6)
-    with pytest.raises(ConfigError, match="cells_x must be an integer >= 1"):
+    with pytest.raises(ConfigError, match="cells_x: expected a positive integer"):
         grid_spacing(calibration, 0, None)
 
 

@@ -27,8 +27,14 @@ from typing import Any
 
 import numpy as np
 
+from engine.cli.export.model import check_frames
 from engine.device import parse_device
 from engine.errors import ConfigError, EngineError
+from engine.frame import Batch, Frame
+from engine.metrics.resources import machine_description
+from engine.ops.cpu import letterbox_batch
+from engine.stage import Context
+from plugins.detect import YoloDetector
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +109,6 @@ def time_interleaved(
 
 
 def _frames(source: Path | None, count: int) -> list[np.ndarray]:
-    from engine.cli.export.model import check_frames
-
     return check_frames(source, count)
 
 
@@ -115,11 +119,6 @@ def bench_model(options: ModelBenchOptions) -> dict[str, Any]:
         ConfigError: Invalid options.
         ModelError: The model cannot be loaded or run.
     """
-    from engine.frame import Batch, Frame
-    from engine.metrics.resources import machine_description
-    from engine.ops.cpu import letterbox_batch
-    from engine.stage import Context
-    from plugins.detect import YoloDetector
 
     if options.iterations < 1 or options.warmup < 0:
         raise ConfigError("iterations must be positive and warmup non-negative")

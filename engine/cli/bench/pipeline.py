@@ -22,7 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from engine import __version__
+from engine.cli.bench.report import load_pyplot, render_console, render_markdown, write_plots
 from engine.cli.bench.run import RunResult, multi_source_supported, run_configuration, source_kind
+from engine.config import load_pipeline
 from engine.errors import ConfigError
 from engine.metrics.resources import machine_description
 from engine.metrics.timeline import Timeline, check_sum, decompose, percentiles
@@ -102,9 +105,6 @@ def bench_pipeline(options: BenchOptions) -> dict[str, Any]:
         ConfigError: Invalid options or pipeline.
         EngineError: The pipeline failed (its own error, naming the stage or source).
     """
-    from engine import __version__
-    from engine.cli.bench.report import load_pyplot, render_markdown, write_plots
-    from engine.config import load_pipeline
 
     _validate(options)
     if options.plots:
@@ -396,8 +396,6 @@ def add_subcommand(subparsers: Any) -> None:
 
 
 def _pipeline_command(args: argparse.Namespace) -> int:
-    from engine.cli.bench.report import render_console
-
     options = BenchOptions(
         pipeline=args.pipeline,
         source=args.source,

@@ -19,7 +19,11 @@ import numpy as np
 from engine.frame import SourceInfo
 from engine.metrics.resources import ResourceSampler
 from engine.metrics.timeline import Timeline, TimelineRecorder, concat_timelines
+from engine.pipeline import Pipeline
+from engine.sinks.outputs import open_outputs
+from engine.sources import open_source, parse_uri
 from engine.sources.base import Source
+from engine.sources.replay import LiveReplaySource
 
 
 class _InfoRecorder:
@@ -75,7 +79,6 @@ class RunResult:
 
 def source_kind(uri: str) -> str:
     """``file``, ``rtsp``, ``v4l2``, ``test`` or ``synthetic``."""
-    from engine.sources import parse_uri
 
     if uri.strip().lower().startswith("synthetic://"):
         return "synthetic"
@@ -84,8 +87,6 @@ def source_kind(uri: str) -> str:
 
 def make_sources(uri: str, count: int, *, live: bool, fps: float | None = None) -> list[Source]:
     """``count`` independent sources of ``uri`` named ``cam0..``; files replayed live if asked."""
-    from engine.sources import open_source
-    from engine.sources.replay import LiveReplaySource
 
     replay = live and source_kind(uri) == "file"
     sources: list[Source] = []
@@ -107,7 +108,6 @@ def make_sources(uri: str, count: int, *, live: bool, fps: float | None = None) 
 
 def multi_source_supported() -> bool:
     """True when :meth:`engine.pipeline.Pipeline.run` takes several sources at once."""
-    from engine.pipeline import Pipeline
 
     parameters = inspect.signature(Pipeline.run).parameters
     return (
@@ -156,8 +156,6 @@ def run_configuration(
         frames: Frames per stream, or None.
         duration_s: Stop this long after the first frame reached the sinks, or None.
     """
-    from engine.pipeline import Pipeline
-    from engine.sinks.outputs import open_outputs
 
     made = make_sources(source_uri, count, live=live, fps=fps)
     sources = [_InfoRecorder(source, f"cam{position}") for position, source in enumerate(made)]

@@ -32,7 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from engine.backends import load_backend
 from engine.errors import ModelError
+from plugins.emotion_model import resolve_spec
 
 logger = logging.getLogger(__name__)
 
@@ -202,9 +204,6 @@ def verify_export(
             dynamic.
     """
     import torch
-
-    from engine.backends import load_backend
-    from plugins.emotion_model import resolve_spec
 
     if len(crops) == 0:
         raise ModelError("verify_export needs at least one face crop")

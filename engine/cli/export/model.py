@@ -30,6 +30,14 @@ from typing import Any
 import cv2
 import numpy as np
 
+from engine.backends.engine_cache import EngineCache
+from engine.backends.onnxruntime import OnnxRuntimeBackend
+from engine.backends.tensorrt import TensorRTBackend, import_tensorrt
+from engine.backends.torch import TorchBackend, ultralytics_metadata
+from engine.backends.trt_builder import BuildOptions, batch_profile, build_cached
+from engine.backends.trt_calibration import CalibrationBatches, calibration_frames
+from engine.backends.ultralytics_env import import_ultralytics
+from engine.cli.export.parity import compare_backends
 from engine.errors import ConfigError, ModelError
 
 logger = logging.getLogger(__name__)
@@ -121,7 +129,6 @@ class ExportResult:
 
 def load_yolo(source: Path) -> Any:
     """An Ultralytics ``YOLO`` object for a ``.pt`` checkpoint or a ``.yaml`` architecture."""
-    from engine.backends.ultralytics_env import import_ultralytics
 
     ultralytics = import_ultralytics()
     try:
@@ -185,8 +192,6 @@ def onnx_metadata(path: Path) -> dict[str, str]:
 def check_frames(source: Path | None, count: int) -> list[np.ndarray]:
     """BGR frames for the parity check: from a video/image folder, or a synthetic scene."""
     if source is not None:
-        from engine.backends.trt_calibration import calibration_frames
-
         return calibration_frames(source, limit=count)
     rng = np.random.default_rng(0)
     frames = []
@@ -224,13 +229,9 @@ def export_model(options: ExportOptions, *, raise_on_mismatch: bool = True) -> E
         ConfigError: Invalid options.
         ModelError: The export failed, or the exported model does not match its source.
     """
-    from engine.backends.onnxruntime import OnnxRuntimeBackend
-    from engine.backends.torch import TorchBackend, ultralytics_metadata
 
     options.validate()
     if options.format == "engine":
-        from engine.backends.tensorrt import import_tensorrt
-
         import_tensorrt()  # fail before a long ONNX export when TensorRT is missing
     source = options.source
     device = options.device or ("cuda" if options.format == "engine" else "cpu")
@@ -266,15 +267,12 @@ def export_model(options: ExportOptions, *, raise_on_mismatch: bool = True) -> E
     result = ExportResult(output=output, onnx=onnx_path, imgsz=(imgsz, imgsz))
     if options.format == "engine":
         result.built = _build_engine(options, onnx_path, output, imgsz, device)
-        from engine.backends.tensorrt import TensorRTBackend
 
         candidate: Any = TensorRTBackend(output, device=device)
     else:
         candidate = OnnxRuntimeBackend(onnx_path, device="cuda" if options.half else "cpu")
 
     if options.check:
-        from engine.cli.export.parity import compare_backends
-
         frames = check_frames(options.check_source or options.calib, options.check_frames)
         try:
             result.parity = compare_backends(
@@ -304,10 +302,6 @@ def raise_if_mismatch(result: ExportResult) -> None:
 
 
 def _build_engine(options: ExportOptions, onnx_path: Path, output: Path, imgsz: int, device: str) -> bool:
-    from engine.backends.engine_cache import EngineCache
-    from engine.backends.trt_builder import BuildOptions, batch_profile, build_cached
-    from engine.backends.trt_calibration import CalibrationBatches, calibration_frames
-
     profile = batch_profile(options.batch, dynamic=options.dynamic)
     workspace = int(options.workspace_gb * (1 << 30)) if options.workspace_gb else None
     build = BuildOptions(

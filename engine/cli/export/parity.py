@@ -28,6 +28,7 @@ import numpy as np
 from engine.backends.base import InferenceBackend
 from engine.errors import ModelError
 from engine.ops.cpu import letterbox_batch
+from plugins.yolo_decode import box_iou, decode_batch, match_detections
 
 
 @dataclass(frozen=True)
@@ -186,8 +187,6 @@ def _compare_raw(
 def _compare_detections(
     report: ParityReport, reference: np.ndarray, candidate: np.ndarray, iou: float
 ) -> None:
-    from plugins.yolo_decode import box_iou, decode_batch, match_detections
-
     tol = report.tolerance
     near_threshold = report.confidence + tol.confidence_abs
     ref_all, cand_all = (
