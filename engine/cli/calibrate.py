@@ -120,7 +120,7 @@ def render_check(
     Raises:
         CalibrationError: The frame's size differs from the calibration's.
     """
-    from plugins.grid import draw_grid  # the grid stage owns the drawing
+    from engine.geometry.grid import draw_grid
 
     image = read_frame(video, frame_index)
     height, width = image.shape[:2]
