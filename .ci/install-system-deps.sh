@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Installs the Debian packages vistream needs for GStreamer (and to build PyGObject), when missing.
+# Installs the Debian packages vistream needs for GStreamer (and to build PyGObject), and chromium for
+# the web UI tests, when missing.
 # Without apt (or without root) it says so and carries on: files then decode through PyAV.
 set -euo pipefail
 packages=(
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
   gstreamer1.0-plugins-ugly gstreamer1.0-libav gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0
   gir1.2-gst-rtsp-server-1.0 libgirepository1.0-dev libcairo2-dev pkg-config ffmpeg
+  chromium
 )
 missing=()
 for package in "${packages[@]}"; do
