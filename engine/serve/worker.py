@@ -136,14 +136,14 @@ class FrameTap:
 
 
 class _SegmentNotes:
-    """Hears a supervised source's segments: losses become events and the last error."""
+    """Hears a supervised source's segments: a loss becomes an event and the last error."""
 
     def __init__(self, tap: FrameTap) -> None:
         self.tap = tap
         self.last_reason: str | None = None
 
     def segment_started(self, source_id: str, segment: int, info: SourceInfo, event: dict[str, Any]) -> None:
-        self.tap.add_event(dict(event))
+        """Nothing: the pipeline puts the connection event on the segment's first frame."""
 
     def segment_ended(self, source_id: str, segment: int, reason: str) -> None:
         self.last_reason = mask_credentials(reason)

@@ -207,7 +207,8 @@ async function calibrate(name) {
   const widthInput = document.getElementById("width");
   const lengthInput = document.getElementById("length");
   const saveButton = document.getElementById("save");
-  let still = null, scale = 1, points = [], grid = null, previewId = 0;
+  // The loaded calibration's mask (its zone) is kept until the points are cleared.
+  let still = null, scale = 1, points = [], mask = null, grid = null, previewId = 0;
 
   async function loadStill() {
     let blob;
@@ -221,7 +222,7 @@ async function calibrate(name) {
       return;
     }
     still = await createImageBitmap(blob);
-    scale = Math.max(1, Math.floor(960 / still.width));
+    scale = Math.max(1, Math.floor(720 / still.width));
     canvas.width = still.width * scale;
     canvas.height = still.height * scale;
     draw();
@@ -296,8 +297,10 @@ async function calibrate(name) {
   }
 
   function body() {
-    return { points, width_m: parseFloat(widthInput.value), length_m: parseFloat(lengthInput.value),
-             image_size: { width: still.width, height: still.height } };
+    const result = { points, width_m: parseFloat(widthInput.value), length_m: parseFloat(lengthInput.value),
+                     image_size: { width: still.width, height: still.height } };
+    if (mask) result.mask = mask;
+    return result;
   }
 
   canvas.addEventListener("click", (event) => {
@@ -310,7 +313,7 @@ async function calibrate(name) {
   });
   widthInput.addEventListener("input", preview);
   lengthInput.addEventListener("input", preview);
-  document.getElementById("reset").addEventListener("click", () => { points = []; preview(); });
+  document.getElementById("reset").addEventListener("click", () => { points = []; mask = null; preview(); });
   document.getElementById("reload").addEventListener("click", loadStill);
   saveButton.addEventListener("click", async () => {
     const message = document.getElementById("save-message");
@@ -324,6 +327,7 @@ async function calibrate(name) {
     if (!current.stages.length) setMessage(errorBox, "This stream's pipeline has no stage that takes a calibration (speed, grid): choose a traffic pipeline to save one.", "error");
     if (current.calibration) {
       points = current.calibration.points;
+      mask = current.calibration.mask || null;
       widthInput.value = current.calibration.width_m;
       lengthInput.value = current.calibration.length_m;
     }
