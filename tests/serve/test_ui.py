@@ -22,9 +22,13 @@ CHROMIUM = "/usr/bin/chromium"
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
-    playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (dev extra)")
+    playwright_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed (dev extra)"
+    )
     if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
-        pytest.skip("chromium is not installed (apt-get install chromium; .ci/install-system-deps.sh does it)")
+        pytest.skip(
+            "chromium is not installed (apt-get install chromium; .ci/install-system-deps.sh does it)"
+        )
     with playwright_api.sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:
@@ -95,7 +99,9 @@ def test_add_watch_calibrate_and_remove_a_stream_in_the_browser(browser: Any, tm
         document = yaml.safe_load(saved.read_text())
         assert document["width_m"] == 3.66 and document["length_m"] == 24.19
         assert abs(document["points"][0][0] - 127.6) < 1.0 and abs(document["points"][2][1] - 98.6) < 1.0
-        view = wait_for(lambda: (v := stream_state(http, "cam1")) and v["pid"] != pid_before and v, 60, "restart")
+        view = wait_for(
+            lambda: (v := stream_state(http, "cam1")) and v["pid"] != pid_before and v, 60, "restart"
+        )
         assert view["calibration"] == str(saved.resolve())
 
         # back on the dashboard: remove the stream
