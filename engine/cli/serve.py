@@ -21,7 +21,7 @@ from typing import Any
 from engine.checks import check_int, check_number
 from engine.cli.run import limit_malloc_arenas
 from engine.errors import ConfigError
-from engine.serve.security import TOKEN_ENV, require_token_for
+from engine.serve.security import TOKEN_ENV, is_loopback, require_token_for
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,9 @@ def serve_command(args: argparse.Namespace) -> int:
         )
     except OSError as error:
         raise ConfigError(f"cannot use data directory {args.data}: {error.strerror}") from error
-    app = create_app(service, token=token)
+    # On loopback, only loopback names: a page elsewhere cannot reach it by DNS rebinding.
+    hosts = ["127.0.0.1", "localhost", args.host] if is_loopback(args.host) else None
+    app = create_app(service, token=token, allowed_hosts=hosts)
     if args.access_log:
         logging.getLogger("uvicorn.access").addFilter(_MaskTokens())
     config = uvicorn.Config(

@@ -22,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from engine import __version__
 from engine.errors import EngineError
@@ -86,12 +87,20 @@ class StreamPatch(BaseModel):
     enabled: StrictBool | None = None
 
 
-def create_app(service: StreamService, *, token: str | None = None, ui: bool = True) -> FastAPI:
+def create_app(
+    service: StreamService,
+    *,
+    token: str | None = None,
+    allowed_hosts: list[str] | None = None,
+    ui: bool = True,
+) -> FastAPI:
     """Build the ASGI app around a service (started and closed with the app's lifespan).
 
     Args:
         service: The streams.
         token: Required on mutating requests and video when set.
+        allowed_hosts: Host header values accepted (None: any). A service on 127.0.0.1 accepts
+            only its loopback names, so a web page cannot reach it through DNS rebinding.
         ui: Serve the web UI at ``/``.
     """
     closing = asyncio.Event()
@@ -110,6 +119,8 @@ def create_app(service: StreamService, *, token: str | None = None, ui: bool = T
         lifespan=lifespan,
     )
     app.add_middleware(BodySizeLimit)
+    if allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
     started_s = time.monotonic()
 
     def authorized(request: Request) -> None:

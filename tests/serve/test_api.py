@@ -342,3 +342,33 @@ def test_another_bind_address_needs_a_token() -> None:
     )
     assert result.returncode == 2
     assert "give a token (--token or the VISTREAM_TOKEN environment variable)" in result.stderr
+
+
+def test_workers_stop_when_the_service_is_killed(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    write_pipelines(data_dir)
+    service = Service(data_dir).start()
+    with service.client() as http:
+        assert (
+            http.post("/api/streams", json={"name": "orphan", "uri": BALL, "pipeline": "plain"}).status_code
+            == 201
+        )
+        pid = wait_for(lambda: stream_state(http, "orphan"), 60, "orphan running")["pid"]
+    assert service.process is not None
+    service.process.kill()  # SIGKILL: no shutdown handler runs; the worker sees its pipe close
+    service.process.wait(10)
+
+    def gone() -> bool:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        return state == "Z"  # exited, waiting to be reaped by whoever adopted it
+
+    wait_for(gone, 20, f"worker {pid} gone")
+
+
+def test_a_request_for_another_host_name_is_refused(service: Service) -> None:
+    # A page on another site that rebinds its name to 127.0.0.1 sends its own Host header.
+    response = httpx.get(f"{service.base_url}/api/health", headers={"host": "evil.example"})
+    assert response.status_code == 400
