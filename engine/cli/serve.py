@@ -60,6 +60,7 @@ def add_subcommand(subparsers: Any) -> None:
 
 
 def serve_command(args: argparse.Namespace) -> int:
+    """Run the service until SIGINT/SIGTERM (then every worker is stopped, outputs finalized)."""
     import uvicorn
 
     from engine.serve.app import create_app
