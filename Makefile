@@ -7,7 +7,7 @@ VENV := .venv
 SHARED ?= ../shared
 CONSTRAINTS := .ci/constraints.txt
 DEMO_EXTRAS ?= gst
-TEST_EXTRAS ?= gst,dev,export,gpu,bench
+TEST_EXTRAS ?= gst,dev,export,gpu,bench,serve
 PIP := $(VENV)/bin/pip install --quiet -c $(CONSTRAINTS)
 
 .PHONY: python-version system-deps demo test bench lint clean

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages vistream needs, when missing: python3-venv, python3-dev and a C
-# compiler (for the virtualenv and to build PyGObject), GStreamer and its introspection data.
+# compiler (for the virtualenv and to build PyGObject), GStreamer and its introspection data, and
+# chromium for the web UI tests.
 # Without apt (or without root) it says so and carries on: files then decode through PyAV.
 set -euo pipefail
 packages=(
@@ -8,6 +9,7 @@ packages=(
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
   gstreamer1.0-plugins-ugly gstreamer1.0-libav gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0
   gir1.2-gst-rtsp-server-1.0 libgirepository1.0-dev libcairo2-dev pkg-config ffmpeg
+  chromium
 )
 missing=()
 for package in "${packages[@]}"; do

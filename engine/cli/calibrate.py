@@ -23,7 +23,7 @@ import numpy as np
 
 from engine.errors import CalibrationError, ConfigError, SourceError
 from engine.geometry.calibration import Calibration
-from plugins.grid import draw_grid
+from engine.geometry.grid import draw_grid
 
 logger = logging.getLogger(__name__)
 

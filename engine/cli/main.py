@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from engine import __version__
-from engine.cli import calibrate, emotion_threshold, run
+from engine.cli import calibrate, emotion_threshold, run, serve
 from engine.cli.bench import pipeline as bench
 from engine.cli.export import model as export
 from engine.errors import EngineError
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     plugins = subparsers.add_parser("plugins", help="list installed stages")
     plugins.set_defaults(handler=_plugins_command)
 
-    for module in (calibrate, emotion_threshold, bench, export):
+    for module in (calibrate, emotion_threshold, bench, export, serve):
         module.add_subcommand(subparsers)
     return parser
 

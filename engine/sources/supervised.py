@@ -149,6 +149,11 @@ class SupervisedSource:
         self.failed_attempts = 0
         self._last_error = ""
 
+    @property
+    def last_error(self) -> str:
+        """Why the last connection attempt failed ("" before any failed), credentials masked."""
+        return self._last_error
+
     def subscribe(self, listener: SegmentListener) -> None:
         """Hear about segments; call before :meth:`frames`."""
         self._listeners.append(listener)
