@@ -24,13 +24,18 @@ from engine.checks import check_number, check_optional_int
 from engine.config import load_pipeline, parse_sources
 from engine.errors import ConfigError, SinkError
 from engine.metrics.prometheus import MetricsServer
+from engine.metrics.publish import DeliveryCollector
 from engine.metrics.run import status_line
 from engine.pipeline import Pipeline
+from engine.publish.delivery import EventDelivery
 from engine.sinks.outputs import open_outputs, source_paths
 
 logger = logging.getLogger(__name__)
 
 _STATUS_INTERVAL_S = 5.0
+# At the end of a run, how long the publishers may take to deliver what is spooled; the rest
+# stays in OUT/spool.sqlite and goes out with the next run into the same directory.
+_PUBLISH_DRAIN_S = 30.0
 
 
 def add_subcommand(subparsers: Any) -> None:
@@ -91,6 +96,14 @@ def add_subcommand(subparsers: Any) -> None:
         default=_STATUS_INTERVAL_S,
         help="seconds between status lines of live runs",
     )
+    run.add_argument(
+        "--publish",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="publish object events to a broker: nats://HOST:PORT (JetStream) or mqtt://HOST:PORT "
+        "(QoS 1); repeatable. Events are spooled in OUT/spool.sqlite first, so nothing is lost",
+    )
     run.add_argument("--no-video", action="store_true", help="do not write annotated video")
     run.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
     run.set_defaults(handler=run_command)
@@ -146,10 +159,15 @@ def run_command(args: argparse.Namespace) -> int:
     pipeline = Pipeline.from_spec(spec, with_drawing=not args.no_video)
     default_out = ids[0] if len(ids) == 1 else f"{ids[0]}+{len(ids) - 1}"
     out_dir: Path = args.out if args.out is not None else Path("out") / default_out
-    outputs = open_outputs(out_dir, pipeline, write_video=not args.no_video, source_ids=ids)
+    delivery = EventDelivery.open(out_dir, args.publish) if args.publish else None
+    listeners = [delivery] if delivery is not None else []
+    outputs = open_outputs(
+        out_dir, pipeline, write_video=not args.no_video, source_ids=ids, event_listeners=listeners
+    )
     server = None
     if args.metrics_port is not None:
-        server = MetricsServer(pipeline, port=args.metrics_port, host=args.metrics_host)
+        collectors = [DeliveryCollector(delivery)] if delivery is not None else []
+        server = MetricsServer(pipeline, port=args.metrics_port, host=args.metrics_host, collectors=collectors)
 
     progress = _Progress(
         pipeline, quiet=args.quiet, max_frames=args.max_frames, interval_s=args.status_interval_s
@@ -161,10 +179,15 @@ def run_command(args: argparse.Namespace) -> int:
         status = "stopped" if pipeline.stop_requested else "completed"
     finally:
         progress.close()
+        delivered = delivery.close(drain_timeout_s=_PUBLISH_DRAIN_S) if delivery is not None else None
         if server is not None:
             server.close()
         paths = source_paths(outputs.paths, ids) if len(ids) > 1 else outputs.paths
         summary = _summary(pipeline, status, paths)
+        if outputs.objects is not None:
+            summary["object_events"] = outputs.objects.counts
+        if delivered is not None:
+            summary["publish"] = delivered.to_dict()
         summary_error = _write_summary(out_dir / "summary.json", summary)
     if summary_error is not None:
         raise summary_error

@@ -31,7 +31,6 @@ exported as ``vistream_spool_dropped_events_total{reason}``.
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 import threading
@@ -43,6 +42,7 @@ from typing import Any
 
 from engine.checks import check_choice, check_number
 from engine.errors import SinkError
+from engine.sinks.serialize import to_json_line
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class Spool:
                 event["id"],
                 event["source"],
                 event["type"],
-                json.dumps(event, separators=(",", ":")).encode(),
+                to_json_line(dict(event)).encode(),
                 now_ns,
             )
             for event in events
