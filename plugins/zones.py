@@ -256,5 +256,6 @@ class ZoneMonitor(BaseStage):
             cv2.polylines(canvas, [polygon], isClosed=True, color=color, thickness=1, lineType=cv2.LINE_AA)
             dwells = self._stats[name].dwells_s
             mean = f", mean {np.mean(dwells):.1f} s" if dwells else ""
-            top = polygon[np.argmin(polygon[:, 1])]
-            draw_label(canvas, f"{name}: {len(occupancy[name])} in{mean}", (int(top[0]), int(top[1]) - 4), color)
+            # At the centroid: labels at a vertex pile up where polygons share one.
+            cx, cy = np.clip(pixels.mean(axis=0), 0, [canvas.shape[1] - 1, canvas.shape[0] - 1])
+            draw_label(canvas, f"{name}: {len(occupancy[name])} in{mean}", (int(cx) - 30, int(cy)), color)
