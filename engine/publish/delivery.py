@@ -18,6 +18,7 @@ more, so the frame loop never waits for a network.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ class EventDelivery:
     def __init__(self, spool: Spool, runners: Sequence[PublisherRunner]) -> None:
         self.spool = spool
         self.runners = list(runners)
-        self._closed = False
+        self._final: DeliveryStats | None = None
 
     @classmethod
     def open(
@@ -89,9 +90,11 @@ class EventDelivery:
             runner.notify()
 
     def stats(self) -> DeliveryStats:
-        """Spool depth, drops and every publisher's state."""
+        """Spool depth, drops and every publisher's state (after ``close``: at the close)."""
+        if self._final is not None:
+            return self._final
         return DeliveryStats(
-            spool_events=self.spool.depth(after_seq=0) if not self._closed else 0,
+            spool_events=self.spool.depth(after_seq=0),
             spool_bytes=self.spool.size_bytes,
             spooled=self.spool.appended,
             dropped=dict(self.spool.dropped),
@@ -106,12 +109,13 @@ class EventDelivery:
         Returns:
             The numbers at the end (for ``summary.json``).
         """
-        if self._closed:
-            return self.stats()
+        if self._final is not None:
+            return self._final
+        deadline = time.monotonic() + drain_timeout_s
         for runner in self.runners:
-            if not runner.wait_drained(drain_timeout_s):
+            if not runner.wait_drained(max(0.0, deadline - time.monotonic())):
                 logger.warning(
-                    "publisher %s: %d events not delivered within %.0f s; they stay in %s for the next run",
+                    "publisher %s: %d events not delivered within %g s; they stay in %s for the next run",
                     runner.name,
                     runner.stats().pending,
                     drain_timeout_s,
@@ -119,7 +123,6 @@ class EventDelivery:
                 )
         for runner in self.runners:
             runner.close()
-        stats = self.stats()
-        self._closed = True
+        self._final = self.stats()
         self.spool.close()
-        return stats
+        return self._final

@@ -133,6 +133,7 @@ class Spool:
         except sqlite3.Error as error:
             raise SinkError(f"cannot open event spool {self.path}: {error}") from error
         self._cursors = {name: int(known.get(name, oldest)) for name in consumers}
+        self._last_seq = self._sequence()
         self._last_age_check_s = 0.0
         self.appended = 0
         self._trim()
@@ -173,6 +174,7 @@ class Spool:
             except sqlite3.Error as error:
                 self._rollback()
                 raise SinkError(f"cannot write event spool {self.path}: {error}") from error
+            self._last_seq = last
             self._bytes += sum(len(row[3]) for row in rows)
             self.appended += len(rows)
             self._enforce_bounds()
@@ -207,9 +209,7 @@ class Spool:
 
     def last_seq(self) -> int:
         """The ``seq`` of the newest event ever appended (0 for an empty new spool)."""
-        with self._lock:
-            row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
-        return int(row[0]) if row else 0
+        return self._last_seq
 
     def depth(self, after_seq: int | None = None) -> int:
         """Events after ``after_seq`` (default: after the slowest cursor): what is undelivered."""
@@ -236,10 +236,7 @@ class Spool:
             self._db = None  # type: ignore[assignment]
 
     def _trim(self) -> None:
-        if not self._cursors:
-            done = self.last_seq_unlocked()
-        else:
-            done = min(self._cursors.values())
+        done = min(self._cursors.values()) if self._cursors else self._sequence()
         try:
             freed = self._db.execute(
                 "SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM events WHERE seq <= ?", (done,)
@@ -250,7 +247,7 @@ class Spool:
         except sqlite3.Error as error:
             logger.error("event spool %s: cannot delete delivered events: %s", self.path, error)
 
-    def last_seq_unlocked(self) -> int:
+    def _sequence(self) -> int:
         row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
         return int(row[0]) if row else 0
 
