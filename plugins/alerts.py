@@ -53,12 +53,18 @@ def _rule(position: int, spec: dict[str, Any]) -> AlertRule:
         raise ConfigError(f"{where}: give exactly one of speed_above_kmh, dwell_above_s (with zone), line")
     kind, classes = kinds[0], check_classes(where, spec.get("classes"))
     if kind == "speed_above_kmh":
-        return AlertRule(spec["name"], kind, classes, check_number(f"{where}.speed_above_kmh", spec[kind], low=0))
+        return AlertRule(
+            spec["name"], kind, classes, check_number(f"{where}.speed_above_kmh", spec[kind], low=0)
+        )
     if kind == "dwell_above_s":
         zone = check_str(f"{where}.zone", spec.get("zone"))
-        return AlertRule(spec["name"], kind, classes, check_number(f"{where}.dwell_above_s", spec[kind], low=0), zone=zone)
+        return AlertRule(
+            spec["name"], kind, classes, check_number(f"{where}.dwell_above_s", spec[kind], low=0), zone=zone
+        )
     direction = None if spec.get("direction") is None else check_str(f"{where}.direction", spec["direction"])
-    return AlertRule(spec["name"], kind, classes, line=check_str(f"{where}.line", spec["line"]), direction=direction)
+    return AlertRule(
+        spec["name"], kind, classes, line=check_str(f"{where}.line", spec["line"]), direction=direction
+    )
 
 
 class AlertRules(BaseStage):
@@ -74,7 +80,9 @@ class AlertRules(BaseStage):
 
     def __init__(self, *, rules: list[dict[str, Any]], layer: str = OBJECTS_LAYER) -> None:
         self.layer = check_str("alerts: layer", layer)
-        self.rules = [_rule(i, spec) for i, spec in enumerate(check_regions("alerts", "rules", rules, _KEYS, {"name"}))]
+        self.rules = [
+            _rule(i, spec) for i, spec in enumerate(check_regions("alerts", "rules", rules, _KEYS, {"name"}))
+        ]
         self._fired: dict[str, set[tuple[str, int]]] = {}
         # source -> (track, zone) -> (entered pts, class name)
         self._inside: dict[str, dict[tuple[int, str], tuple[int, str]]] = {}
@@ -101,14 +109,19 @@ class AlertRules(BaseStage):
             return
         fired.add((rule.name, track_id))
         self.fired_counts[rule.name] += 1
-        frame.events.append({"type": "alert", "rule": rule.name, "track_id": track_id, "class_name": class_name, **details})
+        frame.events.append(
+            {"type": "alert", "rule": rule.name, "track_id": track_id, "class_name": class_name, **details}
+        )
 
     def _check(self, frame: Frame) -> None:
         inside = self._inside.setdefault(frame.source_id, {})
         for event in list(frame.events):
             kind = event.get("type")
             if kind == "zone_entered":
-                inside[(event["track_id"], event["zone"])] = (int(event["entered_pts_ns"]), str(event["class_name"]))
+                inside[(event["track_id"], event["zone"])] = (
+                    int(event["entered_pts_ns"]),
+                    str(event["class_name"]),
+                )
             elif kind == "zone_left":
                 inside.pop((event["track_id"], event["zone"]), None)
             elif kind == "line_crossed":
@@ -119,7 +132,14 @@ class AlertRules(BaseStage):
                         and rule.direction in (None, event["direction"])
                         and rule.watches(str(event["class_name"]))
                     ):
-                        self._fire(frame, rule, event["track_id"], event["class_name"], line=rule.line, direction=event["direction"])
+                        self._fire(
+                            frame,
+                            rule,
+                            event["track_id"],
+                            event["class_name"],
+                            line=rule.line,
+                            direction=event["direction"],
+                        )
         for rule in self.rules:
             if rule.kind == "dwell_above_s":
                 for (track_id, zone), (entered_pts_ns, class_name) in inside.items():
@@ -136,4 +156,6 @@ class AlertRules(BaseStage):
         for rule in speed_rules:
             for index in np.flatnonzero((ids != NO_TRACK_ID) & (speeds > rule.threshold)).tolist():
                 if rule.watches(names[index]):
-                    self._fire(frame, rule, int(ids[index]), names[index], speed_kmh=round(float(speeds[index]), 2))
+                    self._fire(
+                        frame, rule, int(ids[index]), names[index], speed_kmh=round(float(speeds[index]), 2)
+                    )

@@ -99,14 +99,21 @@ class LineCounter(BaseStage):
         self.min_frames = check_int("lines: min_frames", min_frames, low=1)
         self.calibration = None if calibration is None else check_str("lines: calibration", calibration)
         self.lines: list[LineSpec] = []
-        for position, line in enumerate(check_regions("lines", "lines", lines, _KEYS, {"name", "start", "end"})):
+        for position, line in enumerate(
+            check_regions("lines", "lines", lines, _KEYS, {"name", "start", "end"})
+        ):
             where = f"lines: lines[{position}]"
             points = check_points(where, [line["start"], line["end"]], minimum=2, maximum=2)
-            labels = (check_str(f"{where}.in", line.get("in", "in")), check_str(f"{where}.out", line.get("out", "out")))
+            labels = (
+                check_str(f"{where}.in", line.get("in", "in")),
+                check_str(f"{where}.out", line.get("out", "out")),
+            )
             if labels[0] == labels[1]:
                 raise ConfigError(f"{where}: in and out need different labels, got {labels[0]!r} twice")
             self.lines.append(
-                LineSpec(line["name"], points, labels[0], labels[1], check_classes(where, line.get("classes")))
+                LineSpec(
+                    line["name"], points, labels[0], labels[1], check_classes(where, line.get("classes"))
+                )
             )
         self._pixels: list[np.ndarray] = []
         self._states: dict[str, list[_LineState]] = {}
@@ -215,5 +222,6 @@ class LineCounter(BaseStage):
             start, end = (tuple(int(round(v)) for v in point) for point in pixels)
             cv2.line(canvas, start, end, color, 2, cv2.LINE_AA)
             per_direction = counts[line.name]
-            text = f"{line.name}: {line.in_label} {per_direction[line.in_label]['total']}  {line.out_label} {per_direction[line.out_label]['total']}"
+            n_in, n_out = per_direction[line.in_label]["total"], per_direction[line.out_label]["total"]
+            text = f"{line.name}: {line.in_label} {n_in}  {line.out_label} {n_out}"
             draw_label(canvas, text, (min(start[0], end[0]), min(start[1], end[1]) - 6), color)

@@ -48,7 +48,9 @@ def check_points(where: str, value: Any, *, minimum: int, maximum: int | None = 
     return points
 
 
-def check_regions(stage: str, kind: str, regions: Any, keys: set[str], required: set[str]) -> list[dict[str, Any]]:
+def check_regions(
+    stage: str, kind: str, regions: Any, keys: set[str], required: set[str]
+) -> list[dict[str, Any]]:
     """A non-empty list of mappings with unique ``name`` and only the known keys."""
     if not isinstance(regions, Sequence) or isinstance(regions, str) or not regions:
         raise ConfigError(f"{stage}: {kind} must be a non-empty list, got {regions!r}")
@@ -60,7 +62,9 @@ def check_regions(stage: str, kind: str, regions: Any, keys: set[str], required:
             raise ConfigError(f"{where}: expected a mapping, got {region!r}")
         unknown = set(region) - keys
         if unknown:
-            raise ConfigError(f"{where}: unexpected key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(keys))}")
+            raise ConfigError(
+                f"{where}: unexpected key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(keys))}"
+            )
         missing = required - set(region)
         if missing:
             raise ConfigError(f"{where}: missing {', '.join(sorted(missing))}")

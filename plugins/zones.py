@@ -100,11 +100,15 @@ class ZoneMonitor(BaseStage):
         self.layer = check_str("zones: layer", layer)
         self.anchor = check_anchor("zones", anchor)
         self.min_frames = check_int("zones: min_frames", min_frames, low=1)
-        self.lost_after_ns = int(check_number("zones: lost_after_s", lost_after_s, low=0, low_open=True) * 1e9)
+        self.lost_after_ns = int(
+            check_number("zones: lost_after_s", lost_after_s, low=0, low_open=True) * 1e9
+        )
         self.calibration = None if calibration is None else check_str("zones: calibration", calibration)
         checked = check_regions("zones", "zones", zones, _KEYS, {"name", "polygon"})
         self.names = [zone["name"] for zone in checked]
-        self.polygons = [check_points(f"zones: zones[{i}].polygon", z["polygon"], minimum=3) for i, z in enumerate(checked)]
+        self.polygons = [
+            check_points(f"zones: zones[{i}].polygon", z["polygon"], minimum=3) for i, z in enumerate(checked)
+        ]
         self.classes = [check_classes(f"zones: zones[{i}]", z.get("classes")) for i, z in enumerate(checked)]
         self._zones: list[sv.PolygonZone] = []
         self._pixels: list[np.ndarray] = []
@@ -186,14 +190,19 @@ class ZoneMonitor(BaseStage):
                 track_id = int(ids[index])
                 track = tracks.get(track_id)
                 if track is None:
-                    track = tracks[track_id] = _TrackZones(pts_ns, names[index], [_Presence() for _ in self.names])
+                    track = tracks[track_id] = _TrackZones(
+                        pts_ns, names[index], [_Presence() for _ in self.names]
+                    )
                 track.last_seen_pts_ns, track.class_name = pts_ns, names[index]
                 for z, presence in enumerate(track.presence):
-                    watched = self.classes[z] is None or names[index] in self.classes[z]
+                    classes = self.classes[z]
+                    watched = classes is None or names[index] in classes
                     self._observe(frame, z, track_id, track, presence, bool(inside[index, z]) and watched)
                     if presence.inside:
                         zones_column[index].append(self.names[z])
-        for track_id in [t for t, track in tracks.items() if pts_ns - track.last_seen_pts_ns > self.lost_after_ns]:
+        for track_id in [
+            t for t, track in tracks.items() if pts_ns - track.last_seen_pts_ns > self.lost_after_ns
+        ]:
             track = tracks.pop(track_id)
             for z, presence in enumerate(track.presence):
                 if presence.inside:
@@ -229,7 +238,14 @@ class ZoneMonitor(BaseStage):
             self._leave(frame, z, track_id, track, presence, presence.run_start_pts_ns, "left")
 
     def _leave(
-        self, frame: Frame, z: int, track_id: int, track: _TrackZones, presence: _Presence, left_pts_ns: int, reason: str
+        self,
+        frame: Frame,
+        z: int,
+        track_id: int,
+        track: _TrackZones,
+        presence: _Presence,
+        left_pts_ns: int,
+        reason: str,
     ) -> None:
         presence.inside = False
         dwell_s = (left_pts_ns - presence.entered_pts_ns) / 1e9

@@ -167,7 +167,9 @@ def run_command(args: argparse.Namespace) -> int:
     server = None
     if args.metrics_port is not None:
         collectors = [DeliveryCollector(delivery)] if delivery is not None else []
-        server = MetricsServer(pipeline, port=args.metrics_port, host=args.metrics_host, collectors=collectors)
+        server = MetricsServer(
+            pipeline, port=args.metrics_port, host=args.metrics_host, collectors=collectors
+        )
 
     progress = _Progress(
         pipeline, quiet=args.quiet, max_frames=args.max_frames, interval_s=args.status_interval_s

@@ -96,7 +96,9 @@ class DeliveryCollector(Collector):
         """Yield every metric family (called by the registry on each scrape)."""
         stats = self.delivery.stats()
         yield GaugeMetricFamily("vistream_spool_events", "Events in the spool.", value=stats.spool_events)
-        yield GaugeMetricFamily("vistream_spool_bytes", "Payload bytes in the spool.", value=stats.spool_bytes)
+        yield GaugeMetricFamily(
+            "vistream_spool_bytes", "Payload bytes in the spool.", value=stats.spool_bytes
+        )
         spooled = CounterMetricFamily("vistream_events_spooled", "Events appended to the spool by this run.")
         spooled.add_metric([], stats.spooled)
         yield spooled

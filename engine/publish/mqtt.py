@@ -122,4 +122,6 @@ class MqttPublisher:
         self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any
     ) -> None:
         if self._started:
-            logger.info("mqtt: disconnected from %s (%s); events are spooled until it is back", self.name, reason_code)
+            logger.info(
+                "mqtt: disconnected from %s (%s); events are spooled until it is back", self.name, reason_code
+            )

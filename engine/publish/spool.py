@@ -216,7 +216,9 @@ class Spool:
         if after_seq is None:
             after_seq = min(self._cursors.values(), default=self.last_seq())
         with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM events WHERE seq > ?", (after_seq,)).fetchone()[0])
+            return int(
+                self._db.execute("SELECT COUNT(*) FROM events WHERE seq > ?", (after_seq,)).fetchone()[0]
+            )
 
     @property
     def size_bytes(self) -> int:

@@ -136,7 +136,9 @@ class ObjectLifecycle:
         events += self._observe(frame, objects)
         for stage_event in frame.events:
             events += self._stage_event(source_id, pts_ns, objects, stage_event)
-        for track_id in [t for t, obj in objects.items() if pts_ns - obj.last_seen_pts_ns > self.end_after_ns]:
+        for track_id in [
+            t for t, obj in objects.items() if pts_ns - obj.last_seen_pts_ns > self.end_after_ns
+        ]:
             events.append(self._end(source_id, pts_ns, objects.pop(track_id), "lost"))
         return events
 
@@ -150,13 +152,28 @@ class ObjectLifecycle:
 
     def end_all(self, reason: str) -> list[dict[str, Any]]:
         """End every object of every source."""
-        return [event for source_id in list(self._objects) for event in self.end_source(source_id, reason=reason)]
+        return [
+            event for source_id in list(self._objects) for event in self.end_source(source_id, reason=reason)
+        ]
 
-    def _event(self, kind: str, source_id: str, pts_ns: int, body: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    def _event(
+        self, kind: str, source_id: str, pts_ns: int, body: dict[str, Any], **extra: Any
+    ) -> dict[str, Any]:
         self.counts[kind] += 1
-        return {"id": "", "type": kind, "source": source_id, "seq": 0, "pts_ns": pts_ns, "time": "", "object": body, **extra}
+        return {
+            "id": "",
+            "type": kind,
+            "source": source_id,
+            "seq": 0,
+            "pts_ns": pts_ns,
+            "time": "",
+            "object": body,
+            **extra,
+        }
 
-    def _update(self, source_id: str, pts_ns: int, obj: TrackedObject, change: dict[str, Any]) -> dict[str, Any]:
+    def _update(
+        self, source_id: str, pts_ns: int, obj: TrackedObject, change: dict[str, Any]
+    ) -> dict[str, Any]:
         return self._event("update", source_id, pts_ns, obj.describe(), change=change)
 
     def _observe(self, frame: Frame, objects: dict[int, TrackedObject]) -> list[dict[str, Any]]:
@@ -171,11 +188,21 @@ class ObjectLifecycle:
         boxes = np.asarray(detections.xyxy, dtype=np.float64)[tracked]
         xyxy = boxes.tolist()
         nothing: list[Any] = [None] * len(tracked)
-        conf = nothing if detections.confidence is None else np.asarray(detections.confidence)[tracked].tolist()
-        class_ids = nothing if detections.class_id is None else np.asarray(detections.class_id)[tracked].tolist()
+        conf = (
+            nothing if detections.confidence is None else np.asarray(detections.confidence)[tracked].tolist()
+        )
+        class_ids = (
+            nothing if detections.class_id is None else np.asarray(detections.class_id)[tracked].tolist()
+        )
         data = detections.data
-        names = np.asarray(data["class_name"])[tracked].astype(str).tolist() if "class_name" in data else nothing
-        speeds = np.asarray(data["speed_kmh"], dtype=np.float64)[tracked].tolist() if "speed_kmh" in data else nothing
+        names = (
+            np.asarray(data["class_name"])[tracked].astype(str).tolist() if "class_name" in data else nothing
+        )
+        speeds = (
+            np.asarray(data["speed_kmh"], dtype=np.float64)[tracked].tolist()
+            if "speed_kmh" in data
+            else nothing
+        )
         emotions = np.asarray(data["emotion"])[tracked].tolist() if "emotion" in data else nothing
         areas = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).tolist()
         events: list[dict[str, Any]] = []
@@ -207,7 +234,9 @@ class ObjectLifecycle:
                 if obj.reported_emotion is None:
                     obj.reported_emotion = obj.emotion
                 elif obj.emotion != obj.reported_emotion and self._may_report(obj, pts_ns):
-                    changes.append({"kind": "emotion_changed", "from": obj.reported_emotion, "to": obj.emotion})
+                    changes.append(
+                        {"kind": "emotion_changed", "from": obj.reported_emotion, "to": obj.emotion}
+                    )
                     obj.reported_emotion = obj.emotion
             if self.snapshot_dir is not None:
                 self._keep_snapshot(frame, obj, xyxy[i], areas[i] * (conf[i] or 1.0))
@@ -240,13 +269,17 @@ class ObjectLifecycle:
             return [self._event("alert", source_id, pts_ns, body, alert=details)]
         if obj is None:
             logger.debug("%s event for track %s, which is not open on %s", kind, track_id, source_id)
-            return [self._event("update", source_id, pts_ns, body, change={"kind": kind, **_details(stage_event)})]
+            return [
+                self._event("update", source_id, pts_ns, body, change={"kind": kind, **_details(stage_event)})
+            ]
         change: dict[str, Any] = {"kind": kind, **_details(stage_event)}
         if kind == ZONE_ENTERED:
             zone = str(stage_event.get("zone"))
             if zone not in obj.zones:
                 obj.zones.append(zone)
-            obj.zone_visits.append({"zone": zone, "entered_pts_ns": stage_event.get("entered_pts_ns", pts_ns)})
+            obj.zone_visits.append(
+                {"zone": zone, "entered_pts_ns": stage_event.get("entered_pts_ns", pts_ns)}
+            )
         elif kind == ZONE_LEFT:
             zone = str(stage_event.get("zone"))
             if zone in obj.zones:

@@ -68,7 +68,10 @@ class ObjectEventsSink:
         self.path = Path(path)
         self.listeners = list(listeners)
         self.lifecycle = ObjectLifecycle(
-            layer=layer, end_after_s=end_after_s, update_interval_s=update_interval_s, snapshot_dir=snapshot_dir
+            layer=layer,
+            end_after_s=end_after_s,
+            update_interval_s=update_interval_s,
+            snapshot_dir=snapshot_dir,
         )
         self._file: TextIO | None = None
         self._run_token = uuid.uuid4().hex[:12]

@@ -49,7 +49,9 @@ def scene(
     return out
 
 
-def linear(start: tuple[float, float], end: tuple[float, float], steps: int) -> list[tuple[float, float] | None]:
+def linear(
+    start: tuple[float, float], end: tuple[float, float], steps: int
+) -> list[tuple[float, float] | None]:
     """``steps`` points from ``start`` to ``end``, evenly spaced."""
     xs = np.linspace(start[0], end[0], steps)
     ys = np.linspace(start[1], end[1], steps)

@@ -22,8 +22,12 @@ def test_rules_fire_once_per_track() -> None:
         detections = frame.layers["objects"]
         speed = np.where(detections.tracker_id == 1, 70.0 + frame.index, np.nan)
         detections.data["speed_kmh"] = speed
-    zones = ZoneMonitor(zones=[{"name": "z", "polygon": [[100, 50], [140, 50], [140, 150], [100, 150]]}], min_frames=1)
-    lines = LineCounter(lines=[{"name": "l", "start": [0, 100], "end": [200, 100], "in": "up", "out": "down"}])
+    zones = ZoneMonitor(
+        zones=[{"name": "z", "polygon": [[100, 50], [140, 50], [140, 150], [100, 150]]}], min_frames=1
+    )
+    lines = LineCounter(
+        lines=[{"name": "l", "start": [0, 100], "end": [200, 100], "in": "up", "out": "down"}]
+    )
     alerts = AlertRules(
         rules=[
             {"name": "fast", "speed_above_kmh": 100},

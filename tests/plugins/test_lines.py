@@ -33,9 +33,14 @@ def test_known_crossings_are_counted_exactly_once_per_track() -> None:
     paths = {
         1: linear((50, 60), (50, 140), 40),  # down across the line: 1 down
         2: linear((80, 150), (80, 50), 40),  # up: 1 up (a truck)
-        3: linear((110, 60), (110, 95), 10) + hover(110, 30) + linear((110, 95), (110, 60), 10),  # hovers, goes back: 0
-        4: linear((140, 60), (140, 95), 10) + hover(140, 30) + linear((140, 105), (140, 150), 10),  # hovers, then down: 1
-        5: linear((60, 60), (60, 140), 20) + linear((60, 140), (60, 60), 20),  # down and back up: counted once, down
+        3: linear((110, 60), (110, 95), 10)
+        + hover(110, 30)
+        + linear((110, 95), (110, 60), 10),  # hovers, goes back: 0
+        4: linear((140, 60), (140, 95), 10)
+        + hover(140, 30)
+        + linear((140, 105), (140, 150), 10),  # hovers, then down: 1
+        5: linear((60, 60), (60, 140), 20)
+        + linear((60, 140), (60, 60), 20),  # down and back up: counted once, down
         6: linear((195, 60), (195, 140), 40),  # beyond the line's end: 0
     }
     frames = scene(paths, classes={2: "truck"})
@@ -71,7 +76,9 @@ def test_the_crossing_is_reported_on_the_frame_it_is_confirmed() -> None:
 
 
 def test_untracked_detections_and_filtered_classes_are_not_counted() -> None:
-    frames = scene({-1: linear((50, 60), (50, 140), 20), 7: linear((90, 60), (90, 140), 20)}, classes={7: "person"})
+    frames = scene(
+        {-1: linear((50, 60), (50, 140), 20), 7: linear((90, 60), (90, 140), 20)}, classes={7: "person"}
+    )
     stage = LineCounter(lines=[{**LINE, "classes": ["car"]}])
     run(stage, frames)
     assert events_of(frames, "line_crossed") == []

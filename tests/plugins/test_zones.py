@@ -76,7 +76,7 @@ def test_a_track_lost_inside_leaves_at_its_last_sighting() -> None:
     path = stay(OUT, 2) + stay(IN, 31) + [None] * 80  # last seen on frame 32
     frames = scene({1: path, 9: stay(OUT, 113)})
     run(ZoneMonitor(zones=[SQUARE], min_frames=1, lost_after_s=2.0), frames)
-    (index, left), = events_of(frames, "zone_left")
+    ((index, left),) = events_of(frames, "zone_left")
     assert left["reason"] == "lost"
     assert left["left_pts_ns"] == frames[32].pts_ns
     assert left["dwell_s"] == pytest.approx(30 / FPS, abs=1e-3)

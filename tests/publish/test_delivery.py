@@ -23,7 +23,9 @@ def _without_transport(message: dict) -> dict:
     return {k: v for k, v in message.items() if k not in ("subject", "topic")}
 
 
-def test_nats_broker_killed_and_restarted_loses_and_duplicates_nothing(tmp_path: Path, nats_server: NatsServer) -> None:
+def test_nats_broker_killed_and_restarted_loses_and_duplicates_nothing(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
     def restart() -> None:
         nats_server.start()
 
@@ -39,7 +41,9 @@ def test_nats_broker_killed_and_restarted_loses_and_duplicates_nothing(tmp_path:
     assert stats.replayed > 0  # the reconnect did send recent events again: JetStream dropped them
 
 
-def test_mqtt_broker_killed_and_restarted_loses_nothing_after_deduplication(tmp_path: Path, mosquitto: Mosquitto) -> None:
+def test_mqtt_broker_killed_and_restarted_loses_nothing_after_deduplication(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
     subscriber = MqttSubscriber(mosquitto.port)
     try:
         local, _ = run_scripted(

@@ -13,7 +13,10 @@ from engine.publish.spool import Spool
 
 
 def events(start: int, count: int, source: str = "cam", size: int = 0) -> list[dict]:
-    return [{"id": f"e{i}", "source": source, "type": "update", "pad": "x" * size} for i in range(start, start + count)]
+    return [
+        {"id": f"e{i}", "source": source, "type": "update", "pad": "x" * size}
+        for i in range(start, start + count)
+    ]
 
 
 def test_append_read_in_order_and_trim_what_every_consumer_is_done_with(tmp_path: Path) -> None:

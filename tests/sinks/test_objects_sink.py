@@ -40,7 +40,9 @@ def write_all(sink: ObjectEventsSink, frames: list[Frame], *, end: bool = True) 
 def test_new_updates_end_in_order_with_unique_ids(tmp_path: Path) -> None:
     frames = scene({1: linear((50, 60), (50, 140), 30), 2: [None] * 10 + linear((90, 60), (90, 140), 20)})
     frames[12].events.append({"type": "zone_entered", "zone": "z", "track_id": 2, "entered_pts_ns": 7})
-    frames[20].events.append({"type": "zone_left", "zone": "z", "track_id": 2, "left_pts_ns": 9, "dwell_s": 0.3})
+    frames[20].events.append(
+        {"type": "zone_left", "zone": "z", "track_id": 2, "left_pts_ns": 9, "dwell_s": 0.3}
+    )
     frames[21].events.append({"type": "line_crossed", "line": "l", "direction": "down", "track_id": 1})
     frames[22].events.append({"type": "alert", "rule": "fast", "track_id": 1, "speed_kmh": 99.0})
     listener = Collect()
@@ -64,7 +66,9 @@ def test_new_updates_end_in_order_with_unique_ids(tmp_path: Path) -> None:
     assert end2["zones_entered"] == [{"zone": "z", "entered_pts_ns": 7, "left_pts_ns": 9, "dwell_s": 0.3}]
     assert end2["end_reason"] == "end_of_stream" and end2["frames"] == 20
     assert end2["first_seen_pts_ns"] == frames[10].pts_ns and end2["last_seen_pts_ns"] == frames[29].pts_ns
-    assert events[-2]["object"]["lines_crossed"] == [{"line": "l", "direction": "down", "pts_ns": frames[21].pts_ns}]
+    assert events[-2]["object"]["lines_crossed"] == [
+        {"line": "l", "direction": "down", "pts_ns": frames[21].pts_ns}
+    ]
     assert events[-2]["object"]["alerts"] == ["fast"]
     assert events[5]["alert"] == {"rule": "fast", "speed_kmh": 99.0}
 
@@ -73,7 +77,11 @@ def test_a_track_unseen_for_end_after_s_ends_and_a_reconnect_ends_every_track(tm
     frames = scene({1: [(50.0, 50.0)] * 5, 2: [(90.0, 50.0)] * 100}, frames=100)
     frames[80].events.append({"type": "source_reconnected", "segment": 2})
     events = write_all(ObjectEventsSink(tmp_path / "o.jsonl", end_after_s=1.0), frames, end=False)
-    ends = [(e["object"]["track_id"], e["object"]["end_reason"], e["pts_ns"]) for e in events if e["type"] == "end"]
+    ends = [
+        (e["object"]["track_id"], e["object"]["end_reason"], e["pts_ns"])
+        for e in events
+        if e["type"] == "end"
+    ]
     # Track 1 last seen on frame 4, ended on the first frame more than 1 s later (frame 35).
     assert ends[0] == (1, "lost", frames[35].pts_ns)
     assert ends[1] == (2, "source_reconnected", frames[80].pts_ns)
@@ -130,12 +138,24 @@ def _mot_track_ids(path: Path) -> set[int]:
 
 
 @pytest.mark.slow
-def test_one_new_and_one_end_per_confirmed_track_on_the_traffic_video(tmp_path: Path, highway_video: Path) -> None:
+def test_one_new_and_one_end_per_confirmed_track_on_the_traffic_video(
+    tmp_path: Path, highway_video: Path
+) -> None:
     env = {**os.environ, "VISTREAM_SHARED": str(SHARED_DIR), "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "0"}
     vistream = Path(REPO_ROOT / ".venv/bin/vistream")
     command = [str(vistream)] if vistream.exists() else ["python", "-m", "engine.cli.main"]
     subprocess.run(
-        [*command, "run", str(highway_video), "--pipeline", "traffic_counting", "--no-video", "--quiet", "--out", str(tmp_path)],
+        [
+            *command,
+            "run",
+            str(highway_video),
+            "--pipeline",
+            "traffic_counting",
+            "--no-video",
+            "--quiet",
+            "--out",
+            str(tmp_path),
+        ],
         check=True,
         env=env,
         cwd=REPO_ROOT,
