@@ -27,8 +27,8 @@ from engine.metrics.prometheus import MetricsServer
 from engine.metrics.publish import DeliveryCollector
 from engine.metrics.run import status_line
 from engine.pipeline import Pipeline
-from engine.publish.delivery import EventDelivery
-from engine.sinks.outputs import open_outputs, source_paths
+from engine.publish.outputs import open_published_outputs
+from engine.sinks.outputs import source_paths
 
 logger = logging.getLogger(__name__)
 
@@ -159,13 +159,12 @@ def run_command(args: argparse.Namespace) -> int:
     pipeline = Pipeline.from_spec(spec, with_drawing=not args.no_video)
     default_out = ids[0] if len(ids) == 1 else f"{ids[0]}+{len(ids) - 1}"
     out_dir: Path = args.out if args.out is not None else Path("out") / default_out
-    delivery = EventDelivery.open(out_dir, args.publish) if args.publish else None
-    listeners = [delivery] if delivery is not None else []
-    outputs = open_outputs(
-        out_dir, pipeline, write_video=not args.no_video, source_ids=ids, event_listeners=listeners
+    outputs = open_published_outputs(
+        out_dir, pipeline, write_video=not args.no_video, source_ids=ids, publish=args.publish
     )
     server = None
     if args.metrics_port is not None:
+        delivery = outputs.delivery
         collectors = [DeliveryCollector(delivery)] if delivery is not None else []
         server = MetricsServer(
             pipeline, port=args.metrics_port, host=args.metrics_host, collectors=collectors
@@ -181,7 +180,7 @@ def run_command(args: argparse.Namespace) -> int:
         status = "stopped" if pipeline.stop_requested else "completed"
     finally:
         progress.close()
-        delivered = delivery.close(drain_timeout_s=_PUBLISH_DRAIN_S) if delivery is not None else None
+        delivered = outputs.close_delivery(drain_timeout_s=_PUBLISH_DRAIN_S)
         if server is not None:
             server.close()
         paths = source_paths(outputs.paths, ids) if len(ids) > 1 else outputs.paths

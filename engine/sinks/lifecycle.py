@@ -63,7 +63,6 @@ class TrackedObject:
     frames: int = 0
     class_votes: Counter[str] = field(default_factory=Counter)
     class_name: str | None = None
-    class_id: int | None = None
     confidence: float | None = None
     xyxy: list[float] = field(default_factory=list)
     speed_kmh: float | None = None
@@ -84,7 +83,6 @@ class TrackedObject:
         return {
             "track_id": self.track_id,
             "class_name": self.class_name,
-            "class_id": self.class_id,
             "confidence": _number(self.confidence, 4),
             "xyxy": [round(v, 1) for v in self.xyxy],
             "first_seen_pts_ns": self.first_seen_pts_ns,
@@ -191,13 +189,13 @@ class ObjectLifecycle:
         conf = (
             nothing if detections.confidence is None else np.asarray(detections.confidence)[tracked].tolist()
         )
-        class_ids = (
-            nothing if detections.class_id is None else np.asarray(detections.class_id)[tracked].tolist()
-        )
         data = detections.data
-        names = (
-            np.asarray(data["class_name"])[tracked].astype(str).tolist() if "class_name" in data else nothing
-        )
+        if "class_name" in data:
+            names = np.asarray(data["class_name"])[tracked].astype(str).tolist()
+        elif detections.class_id is not None:  # no names: the class ids stand in
+            names = [str(c) for c in np.asarray(detections.class_id)[tracked].tolist()]
+        else:
+            names = nothing
         speeds = (
             np.asarray(data["speed_kmh"], dtype=np.float64)[tracked].tolist()
             if "speed_kmh" in data
@@ -212,7 +210,7 @@ class ObjectLifecycle:
             if obj is None:
                 obj = objects[track_id] = TrackedObject(track_id, pts_ns, pts_ns)
             obj.last_seen_pts_ns, obj.frames, obj.xyxy = pts_ns, obj.frames + 1, xyxy[i]
-            obj.confidence, obj.class_id = conf[i], class_ids[i]
+            obj.confidence = conf[i]
             changes: list[dict[str, Any]] = []
             if names[i] is not None:
                 obj.class_votes[names[i]] += 1

@@ -113,3 +113,25 @@ def test_metrics_report_publisher_state_and_spool_depth(tmp_path: Path) -> None:
     assert f'vistream_publisher_up{{publisher="{name}"}} 0.0' in text
     assert f'vistream_publisher_pending_events{{publisher="{name}"}} 5.0' in text
     assert 'vistream_spool_dropped_events_total{reason="size"} 0.0' in text
+
+
+def test_one_collector_labels_the_streams_of_a_service(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from engine.metrics.publish import DeliveryCollector
+
+    servers = [NatsServer(tmp_path / "a"), NatsServer(tmp_path / "b")]
+    deliveries = {
+        name: EventDelivery.open(tmp_path / name, [s.url]) for name, s in zip("ab", servers, strict=True)
+    }
+    try:
+        deliveries["b"].put([{"id": "x", "source": "cam", "type": "new"}])
+        registry = CollectorRegistry()
+        registry.register(DeliveryCollector(streams=lambda: deliveries))
+        text = generate_latest(registry).decode()
+    finally:
+        for delivery in deliveries.values():
+            delivery.close(drain_timeout_s=0.1)
+    assert 'vistream_spool_events{stream="a"} 0.0' in text
+    assert 'vistream_spool_events{stream="b"} 1.0' in text
+    assert text.count("# TYPE vistream_spool_events gauge") == 1
