@@ -272,6 +272,8 @@ class ZoneMonitor(BaseStage):
             cv2.polylines(canvas, [polygon], isClosed=True, color=color, thickness=1, lineType=cv2.LINE_AA)
             dwells = self._stats[name].dwells_s
             mean = f", mean {np.mean(dwells):.1f} s" if dwells else ""
-            # At the centroid: labels at a vertex pile up where polygons share one.
-            cx, cy = np.clip(pixels.mean(axis=0), 0, [canvas.shape[1] - 1, canvas.shape[0] - 1])
-            draw_label(canvas, f"{name}: {len(occupancy[name])} in{mean}", (int(cx) - 30, int(cy)), color)
+            # A legend stacked up from the bottom-left corner, in the zone's colour: labels on
+            # the polygons pile up where they share an edge and hide the road on small frames.
+            row_px = max(12, canvas.shape[0] // 20)
+            bottom = canvas.shape[0] - 4 - (len(self.names) - 1 - z) * row_px
+            draw_label(canvas, f"{name}: {len(occupancy[name])} in{mean}", (0, bottom), color)
