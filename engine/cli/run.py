@@ -26,13 +26,18 @@ from engine.config import PIPELINES_DIR, load_pipeline, parse_sources
 from engine.errors import ConfigError, SinkError
 from engine.locations import describe_lookup
 from engine.metrics.prometheus import MetricsServer
+from engine.metrics.publish import DeliveryCollector
 from engine.metrics.run import status_line
 from engine.pipeline import Pipeline
-from engine.sinks.outputs import open_outputs, source_paths
+from engine.publish.outputs import open_published_outputs
+from engine.sinks.outputs import source_paths
 
 logger = logging.getLogger(__name__)
 
 _STATUS_INTERVAL_S = 5.0
+# At the end of a run, how long the publishers may take to deliver what is spooled; the rest
+# stays in OUT/spool.sqlite and goes out with the next run into the same directory.
+_PUBLISH_DRAIN_S = 30.0
 
 
 def add_subcommand(subparsers: Any) -> None:
@@ -94,6 +99,14 @@ def add_subcommand(subparsers: Any) -> None:
         type=float,
         default=_STATUS_INTERVAL_S,
         help="seconds between status lines of live runs",
+    )
+    run.add_argument(
+        "--publish",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="publish object events to a broker: nats://HOST:PORT (JetStream) or mqtt://HOST:PORT "
+        "(QoS 1); repeatable. Events are spooled in OUT/spool.sqlite first, so nothing is lost",
     )
     run.add_argument("--no-video", action="store_true", help="do not write annotated video")
     run.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
@@ -164,10 +177,16 @@ def run_command(args: argparse.Namespace) -> int:
     pipeline = Pipeline.from_spec(spec, with_drawing=not args.no_video)
     default_out = ids[0] if len(ids) == 1 else f"{ids[0]}+{len(ids) - 1}"
     out_dir: Path = args.out if args.out is not None else Path("out") / default_out
-    outputs = open_outputs(out_dir, pipeline, write_video=not args.no_video, source_ids=ids)
+    outputs = open_published_outputs(
+        out_dir, pipeline, write_video=not args.no_video, source_ids=ids, publish=args.publish
+    )
     server = None
     if args.metrics_port is not None:
-        server = MetricsServer(pipeline, port=args.metrics_port, host=args.metrics_host)
+        delivery = outputs.delivery
+        collectors = [DeliveryCollector(delivery)] if delivery is not None else []
+        server = MetricsServer(
+            pipeline, port=args.metrics_port, host=args.metrics_host, collectors=collectors
+        )
 
     progress = _Progress(
         pipeline, quiet=args.quiet, max_frames=args.max_frames, interval_s=args.status_interval_s
@@ -179,10 +198,15 @@ def run_command(args: argparse.Namespace) -> int:
         status = "stopped" if pipeline.stop_requested else "completed"
     finally:
         progress.close()
+        delivered = outputs.close_delivery(drain_timeout_s=_PUBLISH_DRAIN_S)
         if server is not None:
             server.close()
         paths = source_paths(outputs.paths, ids) if len(ids) > 1 else outputs.paths
         summary = _summary(pipeline, status, paths)
+        if outputs.objects is not None:
+            summary["object_events"] = outputs.objects.counts
+        if delivered is not None:
+            summary["publish"] = delivered.to_dict()
         summary_error = _write_summary(out_dir / "summary.json", summary)
     if summary_error is not None:
         raise summary_error

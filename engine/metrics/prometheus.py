@@ -24,7 +24,7 @@ The server listens on 127.0.0.1 unless told otherwise: metrics describe the came
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
@@ -125,15 +125,20 @@ class MetricsServer:
         pipeline: The pipeline to report on.
         port: TCP port; 0 picks a free one (see :attr:`port`).
         host: Address to listen on; 127.0.0.1 keeps the metrics on this machine.
+        collectors: More collectors served beside the pipeline's (event delivery).
 
     Raises:
         ConfigError: The port is out of range or cannot be bound.
     """
 
-    def __init__(self, pipeline: Any, *, port: int, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, pipeline: Any, *, port: int, host: str = "127.0.0.1", collectors: Sequence[Collector] = ()
+    ) -> None:
         check_int("--metrics-port", port, low=0, high=65535)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(PipelineCollector(pipeline))
+        for collector in collectors:  # e.g. event delivery (engine.metrics.publish)
+            self.registry.register(collector)
         try:
             server, self._thread = start_http_server(port, addr=host, registry=self.registry)
         except OSError as error:

@@ -10,6 +10,7 @@ from engine.errors import SinkError
 from engine.pipeline import Pipeline
 from engine.sinks import JsonlSink, MotSink, VideoSink
 from engine.sinks.base import SOURCE_PLACEHOLDER, Sink
+from engine.sinks.objects import EventListener, ObjectEventsSink
 
 
 @dataclass
@@ -19,6 +20,7 @@ class Outputs:
 
     sinks: list[Sink]
     paths: dict[str, str]
+    objects: ObjectEventsSink | None = None
 
 
 def tracked_layers(pipeline: Pipeline) -> list[str]:
@@ -29,13 +31,20 @@ def tracked_layers(pipeline: Pipeline) -> list[str]:
 
 
 def open_outputs(
-    out_dir: Path, pipeline: Pipeline, *, write_video: bool, source_ids: Sequence[str] = ()
+    out_dir: Path,
+    pipeline: Pipeline,
+    *,
+    write_video: bool,
+    source_ids: Sequence[str] = (),
+    event_listeners: Sequence[EventListener] = (),
 ) -> Outputs:
     """Create the output directory and the sinks for it.
 
     Files: ``events.jsonl`` (one JSON object per frame, every source, with its ``source``),
     ``annotated.mp4`` (unless ``write_video`` is False), ``tracks_<layer>.txt``
-    (MOTChallenge) for each tracked layer; the CLI adds ``summary.json`` at the end. With
+    (MOTChallenge) for each tracked layer, ``objects.jsonl`` (lifecycle events of the first
+    tracked layer's objects, every source; also given to ``event_listeners``, e.g. the
+    publishers' spool) with best crops in ``snapshots/``; the CLI adds ``summary.json`` at the end. With
     several ``source_ids`` the video and track files are per source:
     ``annotated_<source_id>.mp4`` and ``tracks_<layer>_<source_id>.txt``.
 
@@ -57,8 +66,19 @@ def open_outputs(
         path = out_dir / f"tracks_{layer}{per_source}.txt"
         sinks.append(MotSink(path, layer=layer))
         paths[f"tracks_{layer}"] = str(path)
+    objects = None
+    layers = tracked_layers(pipeline)
+    if layers:
+        objects = ObjectEventsSink(
+            out_dir / "objects.jsonl",
+            layer=layers[0],
+            listeners=event_listeners,
+            snapshot_dir=out_dir / "snapshots",
+        )
+        sinks.append(objects)
+        paths["objects"] = str(objects.path)
     paths["summary"] = str(out_dir / "summary.json")
-    return Outputs(sinks=sinks, paths=paths)
+    return Outputs(sinks=sinks, paths=paths, objects=objects)
 
 
 def source_paths(paths: dict[str, str], source_ids: Sequence[str]) -> dict[str, str]:
