@@ -1,14 +1,13 @@
 """Camera-shift alarm: a running distribution of measured speeds against a baseline.
 
 A camera that moves, tilts or zooms silently scales every speed its calibration gives. Per
-source, each track contributes one sample (its smoothed speed once its first smoothing window
-is full). The first ``baseline_size`` samples form a baseline; afterwards the last
+source, each vehicle contributes one sample (its final speed). The first ``baseline_size`` samples form a baseline; afterwards the last
 ``window_size`` samples are compared with it:
 
 - ``median_ratio``: the ratio of the medians; an excursion while it is outside
   [1/t, t], t = ``threshold`` (default 1.25);
-- ``ks``: the two-sample Kolmogorov-Smirnov test; an excursion while its p-value is below
-  ``threshold`` (default 0.001);
+- ``ks``: the two-sample Kolmogorov-Smirnov test (``scipy.stats.ks_2samp``); an excursion
+  while its p-value is below ``threshold`` (default 0.001);
 - ``off``: no alarm.
 
 Entering an excursion returns one ``{"type": "calibration_suspect", ...}`` event; leaving
@@ -19,31 +18,18 @@ hour), so treat the alarm as a prompt to look at the calibration grid, not as pr
 from __future__ import annotations
 
 import logging
-import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+from scipy import stats
 
 logger = logging.getLogger(__name__)
 
 ShiftStatistic = Literal["median_ratio", "ks", "off"]
 #: Default threshold of each statistic.
 DEFAULT_SHIFT_THRESHOLD: dict[str, float] = {"median_ratio": 1.25, "ks": 0.001, "off": 0.0}
-
-
-def ks_pvalue(sample_a: np.ndarray, sample_b: np.ndarray) -> tuple[float, float]:
-    """Return the two-sample Kolmogorov-Smirnov statistic D and its asymptotic p-value."""
-    a, b = np.sort(sample_a), np.sort(sample_b)
-    values = np.concatenate([a, b])
-    cdf_a = np.searchsorted(a, values, side="right") / len(a)
-    cdf_b = np.searchsorted(b, values, side="right") / len(b)
-    d = float(np.max(np.abs(cdf_a - cdf_b)))
-    n_eff = len(a) * len(b) / (len(a) + len(b))
-    lam = (math.sqrt(n_eff) + 0.12 + 0.11 / math.sqrt(n_eff)) * d  # Stephens' correction
-    p = 2.0 * sum((-1) ** (j - 1) * math.exp(-2.0 * j * j * lam * lam) for j in range(1, 101))
-    return d, float(min(max(p, 0.0), 1.0))
 
 
 @dataclass
@@ -69,7 +55,7 @@ class ShiftAlarm:
     events: int = 0
 
     def add(self, speed_kmh: float) -> dict[str, Any] | None:
-        """Add one track's speed; return an event when an excursion starts."""
+        """Add one vehicle's speed; return an event when an excursion starts."""
         if self.statistic == "off":
             return None
         if len(self.baseline) < self.baseline_size:
@@ -85,7 +71,7 @@ class ShiftAlarm:
             value = float(np.median(recent) / max(np.median(baseline), 1e-9))
             departed = max(value, 1.0 / max(value, 1e-9)) > self.threshold
         else:
-            _, value = ks_pvalue(baseline, recent)
+            value = float(stats.ks_2samp(baseline, recent).pvalue)
             departed = value < self.threshold
         if departed and not self.suspect:
             self.suspect, self.events = True, self.events + 1
