@@ -73,11 +73,23 @@ def camera_scene(camera: str, fps: float) -> TrafficScene:
     road = RoadLayout(lanes=2 if camera == "video" else 3)
     if camera == "hd":
         model = CameraModel(
-            width=1280, height=720, hfov_deg=20.0, height_m=8.0, tilt_deg=9.0, pan_deg=-3.0, x_m=road.width_m + 0.8
+            width=1280,
+            height=720,
+            hfov_deg=20.0,
+            height_m=8.0,
+            tilt_deg=9.0,
+            pan_deg=-3.0,
+            x_m=road.width_m + 0.8,
         )
     elif camera == "video":  # the fit of calibrations/highway_overpass.yaml's notes
         model = CameraModel(
-            width=320, height=240, hfov_deg=11.35, height_m=7.95, tilt_deg=6.24, pan_deg=-4.14, x_m=road.width_m + 0.66
+            width=320,
+            height=240,
+            hfov_deg=11.35,
+            height_m=7.95,
+            tilt_deg=6.24,
+            pan_deg=-4.14,
+            x_m=road.width_m + 0.66,
         )
     else:
         raise SystemExit(f"unknown camera {camera!r}")
@@ -137,7 +149,9 @@ def run_once(
     seed: int,
 ) -> dict[str, Any]:
     """Replay + speed over the whole scene; return errors, finals and coverage."""
-    info = SourceInfo("bench", "synthetic", scene.camera.width, scene.camera.height, scene.fps, False, scene.frames)
+    info = SourceInfo(
+        "bench", "synthetic", scene.camera.width, scene.camera.height, scene.fps, False, scene.frames
+    )
     context = Context(sources={"bench": info})
     replay = ReplayDetector(path=mot, jitter_px=jitter_px, seed=seed, track_ids=True)
     speed = SpeedEstimator(calibration=calibration, **{**settings, "shift_statistic": "off"})
@@ -261,24 +275,35 @@ def main() -> int:
                         scenes.append((scene, mot, write_mot(scene, mot)))
                     for jitter in jitters:
                         runs = [run_once(*scenes[s], exact, settings, jitter, s) for s in range(seeds)]
-                        row = {"camera": camera, "size": [base.camera.width, base.camera.height], "fps": fps,
-                               "motion": motion, "jitter_px": jitter, **combine(runs)}
+                        row = {
+                            "camera": camera,
+                            "size": [base.camera.width, base.camera.height],
+                            "fps": fps,
+                            "motion": motion,
+                            "jitter_px": jitter,
+                            **combine(runs),
+                        }
                         results["runs"].append(row)
+                        m, f = row["measurement"], row["final"]
                         print(
                             f"[{camera} {fps:g} fps {motion} {jitter:g} px] coverage {row['coverage']:.1%} "
-                            f"MAE {row['measurement']['mae_kmh']:.2f} p95 {row['measurement']['p95_kmh']:.2f} "
-                            f"max {row['measurement']['max_kmh']:.1f} final MAE {row['final']['mae_kmh']:.2f} "
-                            f"delay {row['delay_s']:.2f} s ({time.perf_counter() - started:.0f} s)",
+                            f"MAE {m['mae_kmh']:.2f} p95 {m['p95_kmh']:.2f} max {m['max_kmh']:.1f} "
+                            f"final MAE {f['mae_kmh']:.2f} delay {row['delay_s']:.2f} s "
+                            f"({time.perf_counter() - started:.0f} s)",
                             flush=True,
                         )
                 if camera == "hd" and fps == 30.0 and not args.quick:
-                    scenes = [(traffic(base, "constant", s), Path(tmp) / f"constant_{s}.txt") for s in range(seeds)]
+                    scenes = [
+                        (traffic(base, "constant", s), Path(tmp) / f"constant_{s}.txt") for s in range(seeds)
+                    ]
                     prepared = [(scene, mot, write_mot(scene, mot)) for scene, mot in scenes]
                     for perturb in (1.0, 2.0):
                         biases, maes = [], []
                         for draw in range(args.perturb_draws):
                             path = Path(tmp) / f"perturbed_{perturb}_{draw}.yaml"
-                            base.calibration(perturb_px=perturb, rng=np.random.default_rng(1000 + draw)).save(path)
+                            base.calibration(perturb_px=perturb, rng=np.random.default_rng(1000 + draw)).save(
+                                path
+                            )
                             runs = [run_once(*prepared[s], path, settings, 2.0, s) for s in range(seeds)]
                             finals = combine(runs)
                             maes.append(finals["measurement"]["mae_kmh"])
@@ -303,14 +328,16 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines = [
         "Speed settings: " + ", ".join(f"`{k}: {v}`" for k, v in results["settings"].items()),
         "",
-        "| camera | fps | motion | jitter | vehicles | coverage | MAE | p95 | max | final MAE | final p95 | delay |",
+        "| camera | fps | motion | jitter | vehicles | coverage | MAE | p95 | max "
+        "| final MAE | final p95 | delay |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["runs"]:
         m, f = row["measurement"], row["final"]
         width, height = row["size"]
         lines.append(
-            f"| {row['camera']} {width}x{height} | {row['fps']:g} | {row['motion']} | {row['jitter_px']:g} px | "
+            f"| {row['camera']} {width}x{height} | {row['fps']:g} | {row['motion']} | "
+            f"{row['jitter_px']:g} px | "
             f"{row['vehicles']} | {row['coverage']:.1%} | {m['mae_kmh']:.2f} | {m['p95_kmh']:.2f} | "
             f"{m['max_kmh']:.1f} | {f['mae_kmh']:.2f} | {f['p95_kmh']:.2f} | {row['delay_s']:.2f} s |"
         )
@@ -326,7 +353,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         for perturb, row in results["perturbation"].items():
             lines.append(
                 f"| {perturb} px | {row['draws']} | {row['median_abs_bias_kmh']:.2f} km/h | "
-                f"{row['max_abs_bias_kmh']:.2f} km/h | {row['mae_kmh_median']:.2f} | {row['mae_kmh_max']:.2f} |"
+                f"{row['max_abs_bias_kmh']:.2f} km/h | {row['mae_kmh_median']:.2f} | "
+                f"{row['mae_kmh_max']:.2f} |"
             )
     lines.append("")
     return "\n".join(lines)

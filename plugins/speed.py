@@ -44,9 +44,11 @@ NaN where unknown (untracked, outside the zone, held back, or not enough travel 
 ``world_xy_m`` (n, 2) float64 road-plane position of the anchor, NaN outside the zone.
 Reads ``tracker_id`` (-1 means no track): a track stage must run before this one.
 
-Camera-shift alarm (:mod:`plugins.speed_alarm`): per source, each vehicle's final speed
-feeds a running comparison with a baseline; when it departs, one
-``{"type": "calibration_suspect", ...}`` event goes on that frame's ``events``.
+Camera-shift alarm (:mod:`plugins.speed_alarm`): per source, each vehicle whose final speed
+is issued feeds a running comparison with a baseline (by default the ratio of its speeds over
+the far and the near half of its path, which a right calibration keeps at 1 whatever the
+traffic does); when it departs, one ``{"type": "calibration_suspect", ...}`` event goes on
+that frame's ``events``.
 """
 
 from __future__ import annotations
@@ -149,7 +151,7 @@ class SpeedEstimator(BaseStage):
         border_margin_px: Boxes within this distance of the image border, on the sides that
             define the anchor, are not used (a cut box moves its anchor).
         forget_after_s: A track unseen for this long (by timestamps) has ended.
-        shift_statistic: Camera-shift alarm test: ``median_ratio``, ``ks`` or ``off``.
+        shift_statistic: Camera-shift alarm test: ``profile``, ``median_ratio``, ``ks`` or ``off``.
         shift_threshold: Its threshold (ratio > 1, or p-value); None for the default.
         shift_baseline_tracks: Vehicles that form the baseline of the alarm.
         shift_window_tracks: Recent vehicles compared with the baseline.
@@ -180,7 +182,7 @@ class SpeedEstimator(BaseStage):
         min_final_points: int = 3,
         border_margin_px: float = 2.0,
         forget_after_s: float = 2.0,
-        shift_statistic: ShiftStatistic = "median_ratio",
+        shift_statistic: ShiftStatistic = "profile",
         shift_threshold: float | None = None,
         shift_baseline_tracks: int = 50,
         shift_window_tracks: int = 30,
@@ -193,7 +195,7 @@ class SpeedEstimator(BaseStage):
             raise ConfigError(f"speed: anchor must be one of {', '.join(ANCHORS)}, got {anchor!r}")
         if shift_statistic not in DEFAULT_SHIFT_THRESHOLD:
             raise ConfigError(
-                f"speed: shift_statistic must be median_ratio, ks or off, got {shift_statistic!r}"
+                f"speed: shift_statistic must be profile, median_ratio, ks or off, got {shift_statistic!r}"
             )
         self.calibration_path = Path(calibration)
         self.layer = layer
@@ -222,7 +224,9 @@ class SpeedEstimator(BaseStage):
             raise ConfigError(
                 f"speed: shift_threshold for median_ratio must be a ratio > 1, got {threshold!r}"
             )
-        if shift_statistic == "ks" and not (isinstance(threshold, (int, float)) and 0 < threshold < 1):
+        if shift_statistic in ("ks", "profile") and not (
+            isinstance(threshold, (int, float)) and 0 < threshold < 1
+        ):
             raise ConfigError(f"speed: shift_threshold for ks must be a p-value in (0, 1), got {threshold!r}")
         self.shift_threshold = float(threshold)
         self.shift_baseline_tracks = check_int("speed: shift_baseline_tracks", shift_baseline_tracks, low=1)
@@ -494,7 +498,9 @@ class SpeedEstimator(BaseStage):
             frame.events.extend(self._finish(state, frame.source_id, track_id, "track_lost"))
         state.next_sweep_ns = now_ns + forget_ns // 4
 
-    def _finish(self, state: _SourceState, source_id: str, track_id: int, reason: str) -> list[dict[str, Any]]:
+    def _finish(
+        self, state: _SourceState, source_id: str, track_id: int, reason: str
+    ) -> list[dict[str, Any]]:
         """Close a track's path and forget the track; return its events."""
         track = state.tracks.pop(track_id)
         if track.held:
@@ -535,7 +541,13 @@ class SpeedEstimator(BaseStage):
         state.vehicles.append(final)
         state.totals["vehicles"] += 1
         events = [final]
-        alarm = state.alarm.add(speed)
+        alarm = None
+        if self.shift_statistic == "profile":
+            ratio = path.far_near_ratio()
+            if ratio is not None and ratio > 0:
+                alarm = state.alarm.add(math.log(ratio))
+        else:
+            alarm = state.alarm.add(speed)
         if alarm is not None:
             alarm.update(source_id=source_id, track_id=track_id, pts_ns=int(path.last_ns))
             events.append(alarm)

@@ -354,6 +354,29 @@ class VehiclePath:
         """Fit every observation of the path: the vehicle's mean speed through the zone."""
         return fit_mean_velocity(self.t_s, self.xy_m, self.cov_m2, self.direction)
 
+    def far_near_ratio(self) -> float | None:
+        """Speed over the far half of the path divided by the speed over its near half.
+
+        Halves are split in time; the far half is the one whose positions are noisier (a
+        pixel is worth more there). Under a right calibration a vehicle's two halves agree
+        whatever its speed; a moved camera stretches the far part of the road more than the
+        near part, so every vehicle's ratio moves the same way (the camera-shift alarm's
+        ``profile`` statistic). None for paths too short to halve (fewer than 8 points).
+        """
+        if self.count < 8:
+            return None
+        middle = self.t_s[0] + (self.t_s[-1] - self.t_s[0]) / 2.0
+        split = int(np.searchsorted(self.t_s, middle))
+        halves = []
+        for part in (slice(0, split), slice(split, self.count)):
+            t, xy, cov = self.t_s[part], self.xy_m[part], self.cov_m2[part]
+            fit = fit_line(t, xy, cov, self.direction) if len(t) >= 4 else None
+            if fit is None or fit.speed_ms <= 0.5:
+                return None
+            halves.append((float(np.mean(along_variance(cov, self.direction))), fit.speed_ms))
+        (var_a, speed_a), (var_b, speed_b) = halves
+        return speed_a / speed_b if var_a >= var_b else speed_b / speed_a
+
     def gate_sigmas(
         self,
         pts_ns: int,
@@ -382,7 +405,11 @@ class VehiclePath:
             excess = jump - max_speed_ms * max(t - self._t_s[last], 0.0)
             return max(excess, 0.0) / max(noise, 1e-9)
         lead = t - fit.t0_s
-        spread = fit.position_var_m2 + (fit.stderr_ms * lead) ** 2 + (0.5 * max_acceleration_ms2 * lead * lead) ** 2
+        spread = (
+            fit.position_var_m2
+            + (fit.stderr_ms * lead) ** 2
+            + (0.5 * max_acceleration_ms2 * lead * lead) ** 2
+        )
         total = fit.scale**2 * np.asarray(cov_m2) + spread * np.eye(2)
         error = np.asarray(xy_m) - fit.position_at(t)
         try:

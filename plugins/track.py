@@ -276,11 +276,14 @@ class ByteTrackStage(BaseStage):
             np.ones(len(detections)) if detections.confidence is None else np.asarray(detections.confidence)
         )
         xyxy = np.asarray(detections.xyxy, dtype=np.float64)
-        weight = confidence * np.sqrt(np.clip((xyxy[:, 2] - xyxy[:, 0]) * (xyxy[:, 3] - xyxy[:, 1]), 1.0, None))
+        weight = confidence * np.sqrt(
+            np.clip((xyxy[:, 2] - xyxy[:, 0]) * (xyxy[:, 3] - xyxy[:, 1]), 1.0, None)
+        )
         voted_id = class_id.copy()
         voted_name = None if names is None else np.asarray(names).astype(object)
-        for i in np.flatnonzero(np.asarray(detections.tracker_id) != NO_TRACK_ID).tolist():
-            vote = state.votes.setdefault(int(detections.tracker_id[i]), _Vote())
+        track_ids = np.asarray(detections.tracker_id)
+        for i in np.flatnonzero(track_ids != NO_TRACK_ID).tolist():
+            vote = state.votes.setdefault(int(track_ids[i]), _Vote())
             cid = int(class_id[i])
             vote.tally[cid] = vote.tally.get(cid, 0.0) + float(weight[i])
             if names is not None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import cv2
 import numpy as np
@@ -71,6 +72,11 @@ class CameraModel:
 
     def projection_matrix(self) -> np.ndarray:
         """Return the 3×4 matrix mapping homogeneous world points to homogeneous pixels."""
+        return self._projection
+
+    @cached_property
+    def _projection(self) -> np.ndarray:
+        # Computed once per camera: truth() projects every vehicle of every frame.
         forward, right, down = self._axes()
         rotation = np.stack([right, down, forward])
         center = np.array([self.x_m, self.y_m, self.height_m])
@@ -81,7 +87,8 @@ class CameraModel:
     def project(self, points_xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Project ``(n, 3)`` world points; return ``(n, 2)`` pixels and ``(n,)`` depths (m)."""
         pts = np.asarray(points_xyz, dtype=np.float64).reshape(-1, 3)
-        homogeneous = pts @ self.projection_matrix()[:, :3].T + self.projection_matrix()[:, 3]
+        matrix = self._projection
+        homogeneous = pts @ matrix[:, :3].T + matrix[:, 3]
         depth = homogeneous[:, 2]
         with np.errstate(divide="ignore", invalid="ignore"):
             pixels = homogeneous[:, :2] / depth[:, None]
@@ -259,6 +266,11 @@ class TrafficScene:
             if t < vehicle.enter_s:
                 continue
             x, y, vx, vy = vehicle.state(t, self.road)
+            if (
+                abs(y - camera.y_m) > 5000.0
+                or (y - camera.y_m) * math.cos(math.radians(camera.pan_deg)) < -50.0
+            ):
+                continue  # long gone behind the camera (or kilometres away): not in view
             body, cabin = self._corners(x, y, vehicle)
             pixels, depth = camera.project(body if cabin is None else np.vstack([body, cabin]))
             if (depth <= 1.0).any():

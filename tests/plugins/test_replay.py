@@ -77,7 +77,9 @@ def test_malformed_mot_files_are_refused(tmp_path: Path, text: str, message: str
 def test_boxes_without_area_are_skipped_and_counted(tmp_path: Path) -> None:
     """One zero-width box at the image border must not cost the whole file."""
     path = tmp_path / "border.txt"
-    path.write_text("1,1,10,20,30,40,1\n1,2,0,5,0,30,1\n2,1,12,20,30,40,1\n2,3,5,5,8,-1,1\n", encoding="utf-8")
+    path.write_text(
+        "1,1,10,20,30,40,1\n1,2,0,5,0,30,1\n2,1,12,20,30,40,1\n2,3,5,5,8,-1,1\n", encoding="utf-8"
+    )
     by_frame, skipped = load_mot(path)
     assert skipped == 2 and [len(rows) for rows in by_frame.values()] == [1, 1]
     stage = ReplayDetector(path=path, track_ids=True)

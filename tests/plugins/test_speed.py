@@ -126,7 +126,9 @@ def test_a_one_frame_swap_is_held_back_not_blended(tmp_path: Path) -> None:
     speed shown on it, no split; the speeds stay exact."""
     stage = _stage(tmp_path)
     frames = _drive(FPS, 20.0, seconds=0.9, x_m=2.0)
-    frames[15].layers["objects"].xyxy[:] = tracked_frame(0, 0, [1], np.array([[5.6, 4.0]])).layers["objects"].xyxy
+    frames[15].layers["objects"].xyxy[:] = (
+        tracked_frame(0, 0, [1], np.array([[5.6, 4.0]])).layers["objects"].xyxy
+    )
     _run(stage, frames)
     speeds = dict(_speeds(frames, 1))
     assert math.isnan(speeds[15])
@@ -186,7 +188,10 @@ def test_final_speed_when_the_vehicle_leaves_the_zone(tmp_path: Path) -> None:
     low, high = final["speed_ci95_kmh"]
     assert low <= 54.0 <= high and high - low < 1.0
     assert final["points"] == len(inside) and final["class_name"] == "car" and final["layer"] == "objects"
-    assert final["entry_pts_ns"] == frames[inside[0]].pts_ns and final["exit_pts_ns"] == frames[inside[-1]].pts_ns
+    assert (
+        final["entry_pts_ns"] == frames[inside[0]].pts_ns
+        and final["exit_pts_ns"] == frames[inside[-1]].pts_ns
+    )
     assert final["reason"] == "left_zone" and final["max_speed_kmh"] == pytest.approx(54.0, abs=0.01)
     assert stage.summary()["sources"]["cam"]["vehicles"] == [final]
 

@@ -130,7 +130,13 @@ def test_every_detection_and_column_survives_in_input_order() -> None:
         np.testing.assert_array_equal(out.confidence, original.confidence)
         np.testing.assert_array_equal(out.data["detector_class_id"], original.class_id)
         assert out.mask is mask
-        assert set(out.data) == {"gt_id", "class_name", "speed_kmh", "detector_class_id", "detector_class_name"}
+        assert set(out.data) == {
+            "gt_id",
+            "class_name",
+            "speed_kmh",
+            "detector_class_id",
+            "detector_class_name",
+        }
         untracked = out.tracker_id == NO_TRACK_ID
         np.testing.assert_array_equal(out.class_id[untracked], original.class_id[untracked])
         for key, values in original.data.items():
