@@ -78,7 +78,7 @@ FINAL_EVENT = "vehicle_speed_final"
 #: ``frame.events`` type of a track whose identity changed (its speed history was split).
 SPLIT_EVENT = "track_identity_split"
 _MAX_VEHICLES = 10_000  # per source, in the summary; older ones only count in totals
-_MIN_WINDOW_POINTS = 4
+_MIN_WINDOW_POINTS = 8  # also where the residuals start to measure the noise (speed_fit)
 _TOTALS = (
     "tracks",
     "vehicles",
