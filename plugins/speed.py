@@ -17,7 +17,12 @@ The method:
   accelerating vehicle's speed lags little), or, while none is yet, within the looser
   ``first_speed_error_kmh``: a speed appears as soon as the vehicle has travelled far enough
   for that budget at that spot (a few frames near the camera, longer far away where a pixel
-  is worth more) and is refined as it goes. Speeds above ``max_speed_kmh`` are not shown.
+  is worth more) and is refined as it goes. A line gives the speed at its points' mean time,
+  behind the vehicle's current speed when it accelerates: an acceleration fitted over the
+  last ``2 * window_s`` (a quadratic), when it is beyond 5 standard errors, moves the speed to
+  the last point (at 3 sigmas, false corrections gave 13 km/h errors on constant speeds; at
+  5, braking vehicles' p95 fell from 2.8-3.0 to 2.2-2.6 km/h at 2 px jitter and constant
+  speeds did not change). Speeds above ``max_speed_kmh`` are not shown.
 - Identity guard: each new position is compared with the path's motion (its fitted line,
   the fit's uncertainty, the box noise and what ``max_acceleration_ms2`` allows since); one
   farther than ``gate_sigmas`` sigmas, or whose box height changes by more than
@@ -451,7 +456,8 @@ class SpeedEstimator(BaseStage):
                 break
         if fit is None:
             return math.nan
-        speed = 3.6 * fit.speed_ms
+        velocity = fit.velocity_ms + path.lag_correction(fit, window_s=2.0 * self.window_s)
+        speed = 3.6 * math.hypot(velocity[0], velocity[1])
         if speed > self.max_speed_kmh:
             state.totals["rejected_max_speed"] += 1
             return math.nan

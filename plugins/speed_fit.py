@@ -24,7 +24,7 @@ per frame; the gate below already keeps another vehicle's boxes out of the path.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -191,12 +191,16 @@ class MeanFit:
         stderr_ms: Its standard error along the motion (noise scale included).
         scale: Residual scale relative to the noise model (>= 1).
         points: Observations fitted.
+        acceleration_ms2: ``(2,)`` fitted acceleration (zeros for the straight line).
+        acceleration_stderr_ms2: Its standard error along the motion (inf for the line).
     """
 
     velocity_ms: np.ndarray
     stderr_ms: float
     scale: float
     points: int
+    acceleration_ms2: np.ndarray = field(default_factory=lambda: np.zeros(2))
+    acceleration_stderr_ms2: float = math.inf
 
     @property
     def speed_ms(self) -> float:
@@ -248,6 +252,8 @@ def fit_mean_velocity(
         stderr_ms=scale * math.sqrt(max(float(inverse[1, 1]), 0.0)),
         scale=scale,
         points=n,
+        acceleration_ms2=2.0 * np.asarray(coefficients[2], dtype=np.float64),
+        acceleration_stderr_ms2=2.0 * scale * math.sqrt(max(float(inverse[2, 2]), 0.0)),
     )
 
 
@@ -349,6 +355,28 @@ class VehiclePath:
         self.fit = fit
         self.direction = fit.direction if fit.speed_ms > 0.5 else self.direction
         return fit
+
+    def lag_correction(self, fit: LineFit, *, window_s: float, sigmas: float = 5.0) -> np.ndarray:
+        """Velocity to add to a line fit so it is the speed at the last point, not at the fit's
+        mean time, when the vehicle accelerates.
+
+        A line through positions of a vehicle accelerating at ``a`` gives its velocity at the
+        points' mean time, ``a (t_last - t0)`` behind. The acceleration is fitted (with its
+        standard error) over the last ``window_s``, longer than the speed's own stretch; only
+        an acceleration beyond ``sigmas`` standard errors is corrected, so constant speeds
+        keep the line's lower noise.
+        """
+        t = self.t_s
+        begin = int(np.searchsorted(t, t[-1] - window_s - 1e-9))
+        if self.count - begin < 12:
+            return np.zeros(2)
+        quad = fit_mean_velocity(t[begin:], self.xy_m[begin:], self.cov_m2[begin:], self.direction)
+        if quad is None:
+            return np.zeros(2)
+        along = float(quad.acceleration_ms2 @ self.direction)
+        if abs(along) <= sigmas * quad.acceleration_stderr_ms2:
+            return np.zeros(2)
+        return quad.acceleration_ms2 * (fit.last_s - fit.t0_s)
 
     def whole(self) -> MeanFit | None:
         """Fit every observation of the path: the vehicle's mean speed through the zone."""

@@ -9,8 +9,10 @@ Convention:
       in the next. Each tracked detection adds its confidence to its class's tally in its
       track; ``class_id`` and ``data["class_name"]`` become the track's leading class, so
       labels, events, the MOT file and the per-vehicle table name one class per vehicle.
-      A vote weighs ``confidence × sqrt(box area)``: a vehicle first seen far away, a few
-      pixels tall, is often called ``truck`` or ``bus``; its larger boxes closer by decide.
+      Measured on the two traffic videos (replaying their detections through the vote):
+      weighing votes by box size as well did not flip fewer tracks (6 of 53 and 3-4 of 91
+      either way), a leader locked after 15-30 frames flipped 3-5 but left more vehicles
+      with a class their life's vote disagrees with; so: confidence only, ratio 2.
       The leader changes only when another class's tally exceeds it by ``class_switch_ratio``
       (a vote that flips back and forth at 50/50 is worse than either answer). The detector's
       own per-frame class stays in ``data["detector_class_id"]`` and
@@ -275,17 +277,13 @@ class ByteTrackStage(BaseStage):
         confidence = (
             np.ones(len(detections)) if detections.confidence is None else np.asarray(detections.confidence)
         )
-        xyxy = np.asarray(detections.xyxy, dtype=np.float64)
-        weight = confidence * np.sqrt(
-            np.clip((xyxy[:, 2] - xyxy[:, 0]) * (xyxy[:, 3] - xyxy[:, 1]), 1.0, None)
-        )
         voted_id = class_id.copy()
         voted_name = None if names is None else np.asarray(names).astype(object)
         track_ids = np.asarray(detections.tracker_id)
         for i in np.flatnonzero(track_ids != NO_TRACK_ID).tolist():
             vote = state.votes.setdefault(int(track_ids[i]), _Vote())
             cid = int(class_id[i])
-            vote.tally[cid] = vote.tally.get(cid, 0.0) + float(weight[i])
+            vote.tally[cid] = vote.tally.get(cid, 0.0) + float(confidence[i])
             if names is not None:
                 vote.names[cid] = str(names[i])
             vote.last_index = state.frames
