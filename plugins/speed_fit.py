@@ -368,8 +368,8 @@ class VehiclePath:
         """
         t = self.t_s
         begin = int(np.searchsorted(t, t[-1] - window_s - 1e-9))
-        if self.count - begin < 12:
-            return np.zeros(2)
+        if self.count - begin < 30 or t[-1] - t[begin] < window_s / 2:
+            return np.zeros(2)  # the residual scale, and so the significance, needs many points
         quad = fit_mean_velocity(t[begin:], self.xy_m[begin:], self.cov_m2[begin:], self.direction)
         if quad is None:
             return np.zeros(2)
