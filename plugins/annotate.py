@@ -10,17 +10,26 @@ Convention:
       detections that have no id (yet), by class for layers that were never tracked.
     - Traces (the last ``trace_length`` centre points of each track) are kept per source and
       layer and forgotten at the end of the source's stream.
+    - Readable labels: the text height follows the picture's height (about 1/55 of it, never
+      under ``_MIN_TEXT_SCALE``), and labels are kept inside the picture and apart from each
+      other (supervision's ``smart_position``). On small videos (320×240 traffic cameras) a
+      readable label would cover the vehicle: ``min_height_px`` scales the canvas up by a
+      whole factor first (320×240 → 960×720 for 720), so the annotated video is drawn at that
+      size; the detections themselves keep the source's pixels.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from typing import Any
 
+import cv2
 import numpy as np
 import supervision as sv
 
+from engine.checks import check_optional_int
 from engine.errors import ConfigError
 from engine.frame import NO_TRACK_ID, OBJECTS_LAYER, Batch, Frame
 from engine.stage import BaseStage, Context
@@ -32,6 +41,10 @@ _TRACK_COLORS = list(sv.ColorPalette.DEFAULT.colors)
 _UNTRACKED_COLOR = sv.Color(r=160, g=160, b=160)
 _PALETTE = sv.ColorPalette(colors=[*_TRACK_COLORS, _UNTRACKED_COLOR])
 _UNTRACKED_INDEX = len(_TRACK_COLORS)
+# OpenCV's Hershey font at scale 1 is about 22 px tall: 0.4 (about 9 px) is the smallest
+# text that stays legible in an encoded video; 1/1300 of the height gives about 1/55 of it.
+_MIN_TEXT_SCALE = 0.4
+_TEXT_SCALE_PER_PX = 1.0 / 1300.0
 
 
 def _check_names(name: str, value: Sequence[str]) -> tuple[str, ...]:
@@ -77,8 +90,10 @@ class Annotator(BaseStage):
         extras: ``Detections.data`` keys appended to the label when the layer has them.
         thickness: Box and trace line width in pixels; None scales with the frame size
             (supervision's ``calculate_optimal_line_thickness``).
-        text_scale: OpenCV font scale of labels; None scales with the frame size
-            (supervision's ``calculate_optimal_text_scale``).
+        text_scale: OpenCV font scale of labels; None scales with the picture's height
+            (module convention).
+        min_height_px: Scale the canvas up by the smallest whole factor that makes it at
+            least this tall before drawing (None: draw at the source's size).
 
     Raises:
         ConfigError: An argument is out of range.
@@ -95,6 +110,7 @@ class Annotator(BaseStage):
         extras: Sequence[str] = ("speed_kmh", "emotion"),
         thickness: int | None = None,
         text_scale: float | None = None,
+        min_height_px: int | None = None,
     ) -> None:
         self.layers = _check_names("layers", layers)
         self.extras = _check_names("extras", extras)
@@ -114,6 +130,7 @@ class Annotator(BaseStage):
         self.show_confidence = show_confidence
         self.thickness = thickness
         self.text_scale = None if text_scale is None else float(text_scale)
+        self.min_height_px = check_optional_int("annotate: min_height_px", min_height_px, low=16, high=8640)
         # (width, height) -> annotators sized for it; traces per (source_id, layer).
         self._annotators: dict[tuple[int, int], tuple[sv.BoxAnnotator, sv.LabelAnnotator]] = {}
         self._traces: dict[tuple[str, str], sv.TraceAnnotator] = {}
@@ -126,9 +143,20 @@ class Annotator(BaseStage):
         """Draw the configured layers of every frame on its canvas."""
         for frame in batch:
             canvas = frame.draw_target()
+            factor = self.scale_factor(canvas.shape[0])
+            if factor > 1:
+                height, width = canvas.shape[:2]
+                canvas = cv2.resize(canvas, (width * factor, height * factor), interpolation=cv2.INTER_LINEAR)
+                frame.canvas = canvas
             for layer in self.layers:
-                self._draw(frame, layer, canvas)
+                self._draw(frame, layer, canvas, factor)
         return batch
+
+    def scale_factor(self, height: int) -> int:
+        """The whole factor the canvas is scaled up by (1 without ``min_height_px``)."""
+        if self.min_height_px is None or height <= 0 or height >= self.min_height_px:
+            return 1
+        return -(-self.min_height_px // height)
 
     def end_of_stream(self, source_id: str) -> None:
         """Forget the source's traces."""
@@ -165,14 +193,15 @@ class Annotator(BaseStage):
         annotators = self._annotators.get((width, height))
         if annotators is None:
             thickness = self._line_thickness(width, height)
-            text_scale = self.text_scale or sv.calculate_optimal_text_scale((width, height))
+            text_scale = self.text_scale or max(_MIN_TEXT_SCALE, height * _TEXT_SCALE_PER_PX)
             annotators = (
                 sv.BoxAnnotator(color=_PALETTE, thickness=thickness),
                 sv.LabelAnnotator(
                     color=_PALETTE,
                     text_scale=text_scale,
-                    text_thickness=max(1, round(thickness / 2)),
-                    text_padding=max(2, round(10 * text_scale)),
+                    text_thickness=max(1, round(text_scale * 2)),
+                    text_padding=max(2, round(6 * text_scale)),
+                    smart_position=True,  # inside the picture, labels apart
                 ),
             )
             self._annotators[(width, height)] = annotators
@@ -181,8 +210,10 @@ class Annotator(BaseStage):
     def _line_thickness(self, width: int, height: int) -> int:
         return self.thickness or sv.calculate_optimal_line_thickness((width, height))
 
-    def _draw(self, frame: Frame, layer: str, canvas: np.ndarray) -> None:
+    def _draw(self, frame: Frame, layer: str, canvas: np.ndarray, factor: int = 1) -> None:
         detections = frame.layer(layer)
+        if factor > 1 and len(detections) > 0:
+            detections = dataclasses.replace(detections, xyxy=np.asarray(detections.xyxy) * factor)
         height, width = canvas.shape[:2]
         tracked = detections.tracker_id is not None
         if self.trace_length > 0:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import supervision as sv
@@ -35,8 +36,15 @@ from engine.stage import BaseStage, Context
 logger = logging.getLogger(__name__)
 
 
-def load_mot(path: Path) -> dict[int, np.ndarray]:
+def load_mot(path: Path) -> tuple[dict[int, np.ndarray], int]:
     """Read a MOT text file into ``{frame: (n, 6) float64 [id, x1, y1, x2, y2, conf]}``.
+
+    Boxes without area (a width or height <= 0, as trackers write for a box squeezed
+    against the image border) are skipped, not an error: one such line must not cost the
+    whole file.
+
+    Returns:
+        The boxes by frame, and how many degenerate boxes were skipped.
 
     Raises:
         ConfigError: The file is missing or a line is not ``frame,id,x,y,w,h,conf,...``.
@@ -60,9 +68,14 @@ def load_mot(path: Path) -> dict[int, np.ndarray]:
                 f"replay: {path}:{number}: expected 'frame,id,x,y,w,h,conf,...', got {line!r}"
             ) from None
     table = np.asarray(rows, dtype=np.float64).reshape(-1, 7)
-    if len(table) and ((table[:, 4] <= 0) | (table[:, 5] <= 0)).any():
-        bad = int(np.flatnonzero((table[:, 4] <= 0) | (table[:, 5] <= 0))[0])
-        raise ConfigError(f"replay: {path}: box {bad + 1} has a non-positive width or height")
+    degenerate = (table[:, 4] <= 0) | (table[:, 5] <= 0) | ~np.isfinite(table).all(axis=1)
+    skipped = int(degenerate.sum())
+    if skipped:
+        first = int(np.flatnonzero(degenerate)[0])
+        logger.warning(
+            "replay: %s: skipped %d box(es) without area (the first is box %d)", path, skipped, first + 1
+        )
+        table = table[~degenerate]
     by_frame: dict[int, np.ndarray] = {}
     frames = table[:, 0].astype(np.int64)
     order = np.argsort(frames, kind="stable")
@@ -81,7 +94,7 @@ def load_mot(path: Path) -> dict[int, np.ndarray]:
             ]
         )
         by_frame[int(frames[begin])] = boxes
-    return by_frame
+    return by_frame, skipped
 
 
 class ReplayDetector(BaseStage):
@@ -141,6 +154,7 @@ class ReplayDetector(BaseStage):
         self.first_frame = first_frame
         self.min_confidence = float(min_confidence)
         self._mot: dict[int, np.ndarray] = {}
+        self.degenerate_skipped = 0  # file boxes without area, and jittered boxes squeezed to none
         self._scenes: dict[str, TrafficScene] = {}
         self._rngs: dict[str, np.random.Generator] = {}
         self._context = Context()
@@ -152,7 +166,7 @@ class ReplayDetector(BaseStage):
         self._rngs.clear()
         self._scenes.clear()
         if self.path is not None:
-            self._mot = load_mot(self.path)
+            self._mot, self.degenerate_skipped = load_mot(self.path)
             if len(context.sources) > 1:
                 logger.warning("replay: the same MOT file is replayed on %d sources", len(context.sources))
             return
@@ -176,6 +190,10 @@ class ReplayDetector(BaseStage):
     def end_of_stream(self, source_id: str) -> None:
         """Restart the source's jitter sequence."""
         self._rngs.pop(source_id, None)
+
+    def summary(self) -> dict[str, Any]:
+        """Boxes skipped for having no area (in the file, or squeezed by jitter)."""
+        return {"degenerate_boxes_skipped": self.degenerate_skipped}
 
     def _boxes(self, frame: Frame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self.path is not None:
@@ -211,6 +229,12 @@ class ReplayDetector(BaseStage):
             )
             xyxy[:, [0, 2]] = np.clip(xyxy[:, [0, 2]], 0, frame.width)
             xyxy[:, [1, 3]] = np.clip(xyxy[:, [1, 3]], 0, frame.height)
+            # Jitter can squeeze a box at the border to nothing: skip it, as a detector would.
+            keep = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
+            if not keep.all():
+                self.degenerate_skipped += int((~keep).sum())
+                xyxy, confidence, ids = xyxy[keep], np.asarray(confidence)[keep], np.asarray(ids)[keep]
+                n = len(xyxy)
         if n == 0:
             detections = sv.Detections.empty()
             detections.data["class_name"] = np.array([], dtype=str)

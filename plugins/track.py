@@ -2,8 +2,21 @@
 
 Convention:
     - Reads and rewrites one detection layer (``layer``). The output keeps EVERY input
-      detection, in the input order, with every column (``mask``, ``confidence``,
-      ``class_id``, ``data``) unchanged; only ``tracker_id`` is set.
+      detection, in the input order, with every column (``mask``, ``confidence``, ``data``)
+      unchanged; ``tracker_id`` is set and, with ``vote_classes`` (the default), the class of
+      tracked detections becomes their track's vote (below).
+    - One class per track: a detector calls the same van ``car`` in one frame and ``truck``
+      in the next. Each tracked detection adds its confidence to its class's tally in its
+      track; ``class_id`` and ``data["class_name"]`` become the track's leading class, so
+      labels, events, the MOT file and the per-vehicle table name one class per vehicle.
+      Measured on the two traffic videos (replaying their detections through the vote):
+      weighing votes by box size as well did not flip fewer tracks (6 of 53 and 3-4 of 91
+      either way), a leader locked after 15-30 frames flipped 3-5 but left more vehicles
+      with a class their life's vote disagrees with; so: confidence only, ratio 2.
+      The leader changes only when another class's tally exceeds it by ``class_switch_ratio``
+      (a vote that flips back and forth at 50/50 is worse than either answer). The detector's
+      own per-frame class stays in ``data["detector_class_id"]`` and
+      ``data["detector_class_name"]``. Untracked detections keep theirs.
     - ``tracker_id`` is an ``int`` array; track ids start at 1 per source and never repeat
       within a source during a run: when a source restarts (a camera reconnects), its
       tracker starts afresh but numbers its tracks after the highest id of the previous
@@ -38,12 +51,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import supervision as sv
 from trackers import ByteTrackTracker
 
+from engine.checks import check_bool, check_number
 from engine.errors import ConfigError
 from engine.frame import NO_TRACK_ID, OBJECTS_LAYER, Batch, Frame
 from engine.stage import BaseStage, Context
@@ -59,12 +73,24 @@ _INDEX_KEY = "_vistream_index"
 
 
 @dataclass
+class _Vote:
+    """One track's confidence-weighted class tally and its current leader."""
+
+    tally: dict[int, float] = field(default_factory=dict)
+    names: dict[int, str] = field(default_factory=dict)
+    leader: int = -1
+    last_index: int = 0
+
+
+@dataclass
 class _SourceTrack:
     tracker: ByteTrackTracker
     frame_period_s: float
     last_timestamp_s: float | None = None
     id_offset: int = 0  # highest id given out in this source's earlier segments
     highest_id: int = 0  # highest id given out so far, offset included
+    votes: dict[int, _Vote] = field(default_factory=dict)
+    frames: int = 0
 
 
 def _check_fraction(name: str, value: float) -> float:
@@ -99,6 +125,9 @@ class ByteTrackStage(BaseStage):
             (high) and second (low) association stage.
         low_conf_det_threshold: Detections below this confidence are not given to the
             tracker at all (kept in the layer with -1), like ultralytics' ``track_low_thresh``.
+        vote_classes: Give tracked detections their track's voted class (module docstring).
+        class_switch_ratio: How many times the leading class's tally another class must
+            reach to take the lead.
 
     Raises:
         ConfigError: An argument is out of range.
@@ -114,6 +143,8 @@ class ByteTrackStage(BaseStage):
         minimum_iou_threshold: float = 0.2,
         high_conf_det_threshold: float = 0.25,
         low_conf_det_threshold: float = 0.1,
+        vote_classes: bool = True,
+        class_switch_ratio: float = 2.0,
     ) -> None:
         if not isinstance(layer, str) or not layer:
             raise ConfigError(f"track: layer must be a non-empty layer name, got {layer!r}")
@@ -134,6 +165,8 @@ class ByteTrackStage(BaseStage):
                 f"track: low_conf_det_threshold ({self.low_conf_det_threshold}) must not exceed "
                 f"high_conf_det_threshold ({self.high_conf_det_threshold})"
             )
+        self.vote_classes = check_bool("track: vote_classes", vote_classes)
+        self.class_switch_ratio = check_number("track: class_switch_ratio", class_switch_ratio, low=1.0)
         self._context = Context()
         self._sources: dict[str, _SourceTrack] = {}
         # Per source, the highest id of its ended segments: a restart numbers on from here.
@@ -231,4 +264,42 @@ class ByteTrackStage(BaseStage):
             numbered = np.where(ids >= 0, ids + 1 + state.id_offset, NO_TRACK_ID)
             tracker_id[tracked.data[_INDEX_KEY]] = numbered
             state.highest_id = max(state.highest_id, int(numbered.max()))
-        return dataclasses.replace(detections, tracker_id=tracker_id, data=dict(detections.data))
+        out = dataclasses.replace(detections, tracker_id=tracker_id, data=dict(detections.data))
+        if self.vote_classes and out.class_id is not None:
+            self._vote(state, out)
+        return out
+
+    def _vote(self, state: _SourceTrack, detections: sv.Detections) -> None:
+        """Replace tracked detections' classes by their track's vote (module docstring)."""
+        state.frames += 1
+        class_id = np.asarray(detections.class_id)
+        names = detections.data.get("class_name")
+        confidence = (
+            np.ones(len(detections)) if detections.confidence is None else np.asarray(detections.confidence)
+        )
+        voted_id = class_id.copy()
+        voted_name = None if names is None else np.asarray(names).astype(object)
+        track_ids = np.asarray(detections.tracker_id)
+        for i in np.flatnonzero(track_ids != NO_TRACK_ID).tolist():
+            vote = state.votes.setdefault(int(track_ids[i]), _Vote())
+            cid = int(class_id[i])
+            vote.tally[cid] = vote.tally.get(cid, 0.0) + float(confidence[i])
+            if names is not None:
+                vote.names[cid] = str(names[i])
+            vote.last_index = state.frames
+            if vote.leader < 0 or (
+                cid != vote.leader and vote.tally[cid] > self.class_switch_ratio * vote.tally[vote.leader]
+            ):
+                vote.leader = cid
+            voted_id[i] = vote.leader
+            if voted_name is not None:
+                voted_name[i] = vote.names.get(vote.leader, voted_name[i])
+        detections.data["detector_class_id"] = class_id
+        detections.class_id = voted_id
+        if names is not None and voted_name is not None:
+            detections.data["detector_class_name"] = np.asarray(names)
+            detections.data["class_name"] = np.array(voted_name.tolist())
+        if state.frames % 256 == 0:  # tracks long gone: their tallies are dead weight
+            horizon = state.frames - 4 * max(self.lost_track_buffer, 30)
+            for track_id in [t for t, v in state.votes.items() if v.last_index < horizon]:
+                del state.votes[track_id]

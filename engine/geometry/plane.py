@@ -216,3 +216,26 @@ def is_convex(polygon: np.ndarray) -> bool:
     m = len(poly)
     turns = [_cross(poly[i], poly[(i + 1) % m], poly[(i + 2) % m]) for i in range(m)]
     return all(t > 0 for t in turns) or all(t < 0 for t in turns)
+
+
+def homography_jacobian(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Return the derivative of a homography at each point: how far a 1-pixel move goes.
+
+    Args:
+        matrix: ``(3, 3)`` homography (for a calibration, image pixels → road metres).
+        points: ``(n, 2)`` points where to take the derivative.
+
+    Returns:
+        ``(n, 2, 2)`` float64: row i is ``d(mapped_i) / d(point)``, so a pixel covariance
+        ``S`` becomes ``J @ S @ J.T`` in the mapped plane. NaN where ``w`` is 0.
+    """
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    homogeneous = pts @ matrix[:, :2].T + matrix[:, 2]
+    w = homogeneous[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mapped = homogeneous[:, :2] / w[:, None]
+        # d(a/w)/du = (h_a,u - h_w,u * a/w) / w, for each output a and input u.
+        jacobian = (matrix[None, :2, :2] - mapped[:, :, None] * matrix[None, 2, :2][:, None, :]) / w[
+            :, None, None
+        ]
+    return jacobian

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from engine.errors import SinkError
 from engine.pipeline import Pipeline
-from engine.sinks import JsonlSink, MotSink, VideoSink
+from engine.sinks import JsonlSink, MotSink, VehiclesSink, VideoSink
 from engine.sinks.base import SOURCE_PLACEHOLDER, Sink
 from engine.sinks.objects import EventListener, ObjectEventsSink
 
@@ -42,7 +42,9 @@ def open_outputs(
 
     Files: ``events.jsonl`` (one JSON object per frame, every source, with its ``source``),
     ``annotated.mp4`` (unless ``write_video`` is False), ``tracks_<layer>.txt``
-    (MOTChallenge) for each tracked layer, ``objects.jsonl`` (lifecycle events of the first
+    (MOTChallenge) for each tracked layer, ``vehicles.csv`` (one row per vehicle final
+    speed, every source; header only when no stage issued any, see
+    :mod:`engine.sinks.vehicles`), ``objects.jsonl`` (lifecycle events of the first
     tracked layer's objects, every source; also given to ``event_listeners``, e.g. the
     publishers' spool) with best crops in ``snapshots/``; the CLI adds ``summary.json`` at the end. With
     several ``source_ids`` the video and track files are per source:
@@ -66,6 +68,8 @@ def open_outputs(
         path = out_dir / f"tracks_{layer}{per_source}.txt"
         sinks.append(MotSink(path, layer=layer))
         paths[f"tracks_{layer}"] = str(path)
+    sinks.append(VehiclesSink(out_dir / "vehicles.csv", summaries=pipeline.stage_summaries))
+    paths["vehicles"] = str(out_dir / "vehicles.csv")
     objects = None
     layers = tracked_layers(pipeline)
     if layers:

@@ -16,6 +16,10 @@ Query parameters (all optional)::
     drop=0          probability that a frame is dropped (skipped: its timestamp is missing)
     render=1        0: deliver the empty road instead of rendering vehicles (fast; for
                     replayed detections)
+    bump_s=-1       time (s) of a camera bump; negative: none
+    bump_tilt=0     degrees the bump tilts the camera down (more); the calibration of the
+                    first view no longer fits after it
+    bump_pan=0      degrees the bump pans it
 
 Frames carry the timeline's timestamps (``frame_number / fps``); ``Frame.index`` counts the
 delivered frames, so with ``drop > 0`` timestamps jump where frames are missing, exactly as
@@ -53,6 +57,9 @@ _PARAMS: dict[str, tuple[type, float, float, Any]] = {
     "behaviours": (int, 0, 1, 1),
     "drop": (float, 0.0, 0.9, 0.0),
     "render": (int, 0, 1, 1),
+    "bump_s": (float, -1.0, 1e6, -1.0),
+    "bump_tilt": (float, -20.0, 20.0, 0.0),
+    "bump_pan": (float, -20.0, 20.0, 0.0),
 }
 
 
@@ -102,6 +109,9 @@ def scene_from_uri(uri: str) -> TrafficScene:
         hfov_deg=values["hfov"],
         speed_range_kmh=(values["speed_min"], values["speed_max"]),
         behaviours=bool(values["behaviours"]),
+        bump_s=values["bump_s"] if values["bump_s"] >= 0 else float("inf"),
+        bump_tilt_deg=values["bump_tilt"],
+        bump_pan_deg=values["bump_pan"],
     )
 
 

@@ -15,13 +15,20 @@ Convention:
     - A ground-truth box is the bounding box of a vehicle's projected corners, clipped to the
       image; ``truncated`` marks boxes cut by the image border. Frame ``k`` is at
       ``k / fps`` seconds.
+    - Camera bump: with ``bump_s`` and ``camera_after``, the camera is ``camera_after`` from
+      that time on (a pole hit by wind, a PTZ preset drift): a calibration of the first view
+      no longer fits, as in the field.
+    - Traffic keeps its distance (:func:`random_vehicles`): a vehicle enters only when its
+      whole path, speed and lane changes included, keeps a safe gap to every vehicle already
+      on the road, so no vehicle drives through another.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import cv2
 import numpy as np
@@ -65,6 +72,11 @@ class CameraModel:
 
     def projection_matrix(self) -> np.ndarray:
         """Return the 3×4 matrix mapping homogeneous world points to homogeneous pixels."""
+        return self._projection
+
+    @cached_property
+    def _projection(self) -> np.ndarray:
+        # Computed once per camera: truth() projects every vehicle of every frame.
         forward, right, down = self._axes()
         rotation = np.stack([right, down, forward])
         center = np.array([self.x_m, self.y_m, self.height_m])
@@ -75,7 +87,8 @@ class CameraModel:
     def project(self, points_xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Project ``(n, 3)`` world points; return ``(n, 2)`` pixels and ``(n,)`` depths (m)."""
         pts = np.asarray(points_xyz, dtype=np.float64).reshape(-1, 3)
-        homogeneous = pts @ self.projection_matrix()[:, :3].T + self.projection_matrix()[:, 3]
+        matrix = self._projection
+        homogeneous = pts @ matrix[:, :3].T + matrix[:, 3]
         depth = homogeneous[:, 2]
         with np.errstate(divide="ignore", invalid="ignore"):
             pixels = homogeneous[:, :2] / depth[:, None]
@@ -203,11 +216,19 @@ class TrafficScene:
     vehicles: Sequence[Vehicle] = ()
     fps: float = 30.0
     frames: int = 300
-    _background: np.ndarray | None = field(default=None, init=False, repr=False)
+    bump_s: float = math.inf
+    camera_after: CameraModel | None = None
+    _backgrounds: dict[int, np.ndarray] = field(default_factory=dict, init=False, repr=False)
 
     def time_s(self, frame: int) -> float:
         """Time of a frame on the scene's timeline."""
         return frame / self.fps
+
+    def camera_at(self, t_s: float) -> CameraModel:
+        """The camera at a time: ``camera_after`` from ``bump_s`` on, else ``camera``."""
+        if self.camera_after is not None and t_s >= self.bump_s:
+            return self.camera_after
+        return self.camera
 
     def pts_ns(self, frame: int) -> int:
         """Timestamp in nanoseconds of a frame."""
@@ -239,18 +260,24 @@ class TrafficScene:
     def truth(self, frame: int) -> FrameTruth:
         """Return the ground truth of frame ``frame`` (vehicles at least partly in view)."""
         t = self.time_s(frame)
+        camera = self.camera_at(t)
         rows = []
         for vehicle in self.vehicles:
             if t < vehicle.enter_s:
                 continue
             x, y, vx, vy = vehicle.state(t, self.road)
+            if (
+                abs(y - camera.y_m) > 5000.0
+                or (y - camera.y_m) * math.cos(math.radians(camera.pan_deg)) < -50.0
+            ):
+                continue  # long gone behind the camera (or kilometres away): not in view
             body, cabin = self._corners(x, y, vehicle)
-            pixels, depth = self.camera.project(body if cabin is None else np.vstack([body, cabin]))
+            pixels, depth = camera.project(body if cabin is None else np.vstack([body, cabin]))
             if (depth <= 1.0).any():
                 continue
             x1, y1 = pixels.min(axis=0)
             x2, y2 = pixels.max(axis=0)
-            w, h = self.camera.width, self.camera.height
+            w, h = camera.width, camera.height
             if x2 <= 0 or y2 <= 0 or x1 >= w or y1 >= h:
                 continue
             box = (max(x1, 0.0), max(y1, 0.0), min(x2, float(w)), min(y2, float(h)))
@@ -271,10 +298,12 @@ class TrafficScene:
 
     # -- rendering --------------------------------------------------------------------------
 
-    def _ground_polygon(self, x0: float, x1: float, y0: float, y1: float) -> np.ndarray | None:
+    def _ground_polygon(
+        self, camera: CameraModel, x0: float, x1: float, y0: float, y1: float
+    ) -> np.ndarray | None:
         """Project a road-plane rectangle, clipped to the half-space 1 m in front of the camera."""
         corners = np.array([[x0, y0, 0.0], [x1, y0, 0.0], [x1, y1, 0.0], [x0, y1, 0.0]])
-        _, depth = self.camera.project(corners)
+        _, depth = camera.project(corners)
         depth = depth - 1.0
         kept = []
         for i in range(4):  # Sutherland-Hodgman against the plane depth == 1 m
@@ -286,20 +315,23 @@ class TrafficScene:
                 kept.append(corners[i] + u * (corners[j] - corners[i]))
         if len(kept) < 3:
             return None
-        pixels, _ = self.camera.project(np.array(kept))
+        pixels, _ = camera.project(np.array(kept))
         return np.round(np.clip(pixels, -1e5, 1e5) * 16).astype(np.int32)
 
-    def background(self) -> np.ndarray:
-        """Return the empty road (rendered once): sky, verges, asphalt, lane marks."""
-        if self._background is not None:
-            return self._background
-        image = np.empty((self.camera.height, self.camera.width, 3), dtype=np.uint8)
+    def background(self, camera: CameraModel | None = None) -> np.ndarray:
+        """Return the empty road seen by ``camera`` (default: the first one), rendered once:
+        sky, verges, asphalt, lane marks."""
+        camera = camera or self.camera
+        cached = self._backgrounds.get(id(camera))
+        if cached is not None:
+            return cached
+        image = np.empty((camera.height, camera.width, 3), dtype=np.uint8)
         image[:] = (225, 200, 170)  # sky
-        far = self.camera.y_m + 3000.0
+        far = camera.y_m + 3000.0
         road = self.road
 
         def fill(x0: float, x1: float, y0: float, y1: float, color: tuple[int, int, int]) -> None:
-            polygon = self._ground_polygon(x0, x1, y0, y1)
+            polygon = self._ground_polygon(camera, x0, x1, y0, y1)
             if polygon is not None:
                 cv2.fillPoly(image, [polygon], color, cv2.LINE_AA, 4)
 
@@ -309,38 +341,45 @@ class TrafficScene:
         for edge, color in ((0.0, (235, 235, 235)), (road.width_m, (40, 200, 230))):
             fill(edge - half, edge + half, -1e3, far, color)
         cycle = road.dash_m + road.gap_m
-        start = math.floor((self.camera.y_m - 50.0) / cycle) * cycle
+        start = math.floor((camera.y_m - 50.0) / cycle) * cycle
         for lane in range(1, road.lanes):
             x = lane * road.lane_width_m
-            for k in range(int((min(far, self.camera.y_m + 600.0) - start) / cycle) + 1):
+            for k in range(int((min(far, camera.y_m + 600.0) - start) / cycle) + 1):
                 y = start + k * cycle
                 fill(x - half, x + half, y, y + road.dash_m, (235, 235, 235))
-        self._background = image
+        self._backgrounds[id(camera)] = image
         return image
 
     def render(self, frame: int) -> np.ndarray:
         """Return frame ``frame`` as an H×W×3 uint8 BGR image."""
-        image = self.background().copy()
         t = self.time_s(frame)
+        camera = self.camera_at(t)
+        image = self.background(camera).copy()
         drawn = []
         for vehicle in self.vehicles:
             if t < vehicle.enter_s:
                 continue
             x, y, _, _ = vehicle.state(t, self.road)
             body, cabin = self._corners(x, y, vehicle)
-            _, depth = self.camera.project(np.array([[x, y, 0.0]]))
+            _, depth = camera.project(np.array([[x, y, 0.0]]))
             if depth[0] > 1.0:
                 drawn.append((depth[0], vehicle, body, cabin))
         for _, vehicle, body, cabin in sorted(drawn, key=lambda item: -item[0]):
-            self._draw_box(image, body, vehicle.color, vehicle.direction)
+            self._draw_box(camera, image, body, vehicle.color, vehicle.direction)
             if cabin is not None:
-                self._draw_box(image, cabin, tuple(int(c * 0.55) for c in vehicle.color), vehicle.direction)
+                shade = tuple(int(c * 0.55) for c in vehicle.color)
+                self._draw_box(camera, image, cabin, shade, vehicle.direction)
         return image
 
     def _draw_box(
-        self, image: np.ndarray, corners: np.ndarray, color: tuple[int, ...], direction: int
+        self,
+        camera: CameraModel,
+        image: np.ndarray,
+        corners: np.ndarray,
+        color: tuple[int, ...],
+        direction: int,
     ) -> None:
-        pixels, depth = self.camera.project(corners)
+        pixels, depth = camera.project(corners)
         if (depth <= 1.0).any():
             return
         points = np.round(pixels * 16).astype(np.int32)
@@ -467,6 +506,45 @@ class TrafficScene:
         )
 
 
+#: Time step (s) on which entries are placed and paths are checked for conflicts.
+_STEP_S = 0.1
+#: Free road kept between two vehicles in the same lane (m), and beside them (m).
+_GAP_M = 4.0
+_SIDE_GAP_M = 0.3
+
+
+def _path(vehicle: Vehicle, road: RoadLayout, travel_m: float) -> np.ndarray:
+    """``(m, 2)`` footprint centres every ``_STEP_S`` from entry until ``travel_m`` is covered."""
+    points = []
+    for k in range(int(600 / _STEP_S)):
+        x, y, _, _ = vehicle.state(vehicle.enter_s + k * _STEP_S, road)
+        points.append((x, y))
+        if abs(y - vehicle.start_y_m) >= travel_m:
+            break
+    return np.asarray(points)
+
+
+def _conflicts(
+    candidate: tuple[int, np.ndarray, Vehicle], placed: list[tuple[int, np.ndarray, Vehicle]]
+) -> bool:
+    """True when the candidate's path comes closer than the safe gap to a placed vehicle's."""
+    start, path, vehicle = candidate
+    length, width, _ = vehicle.size_m
+    for other_start, other_path, other in placed:
+        first = max(start, other_start)
+        last = min(start + len(path), other_start + len(other_path))
+        if last <= first:
+            continue
+        mine = path[first - start : last - start]
+        theirs = other_path[first - other_start : last - other_start]
+        other_length, other_width, _ = other.size_m
+        beside = np.abs(mine[:, 0] - theirs[:, 0]) < (width + other_width) / 2 + _SIDE_GAP_M
+        behind = np.abs(mine[:, 1] - theirs[:, 1]) < (length + other_length) / 2 + _GAP_M
+        if (beside & behind).any():
+            return True
+    return False
+
+
 def random_vehicles(
     rng: np.random.Generator,
     count: int,
@@ -482,31 +560,22 @@ def random_vehicles(
     """Draw ``count`` approaching vehicles entering between ``start_s`` and ``end_s``.
 
     With ``behaviours``, about a quarter accelerate or brake (1–3 m/s²) toward another speed
-    and about a sixth change lane; the rest keep a constant speed. In each lane, a vehicle
-    enters late enough not to catch up with the previous one within ``travel_m`` (its nominal
-    speeds; lane changes may still bring two vehicles close).
+    and about a sixth change lane; the rest keep a constant speed. Car-following by gap
+    acceptance: a vehicle enters (on a ``_STEP_S`` grid) only when its whole path over
+    ``travel_m``, speed and lane changes included, stays at least ``_GAP_M`` behind or
+    ahead of every vehicle already placed beside it; otherwise it waits at the entry, as a
+    driver waits for a gap. So no vehicle drives through another (it may enter after
+    ``end_s`` in dense traffic).
     """
     kinds = list(VEHICLE_KINDS)
     shares = np.array([VEHICLE_KINDS[k][3] for k in kinds])
     entries = np.sort(rng.uniform(start_s, end_s, size=count))
     vehicles: list[Vehicle] = []
-    last_in_lane: list[tuple[float, float, float] | None] = [None] * road.lanes  # enter, m/s, length
+    placed: list[tuple[int, np.ndarray, Vehicle]] = []
     for vehicle_id, wanted in enumerate(entries.tolist(), start=1):
         lane = int(rng.integers(road.lanes))
         speed = float(rng.uniform(*speed_range_kmh))
         kind = str(rng.choice(kinds, p=shares / shares.sum()))
-        length = VEHICLE_KINDS[kind][0]
-        enter = wanted
-        previous = last_in_lane[lane]
-        if previous is not None:
-            prev_enter, prev_speed, prev_length = previous
-            gap_m = (prev_length + length) / 2 + 8.0
-            slowest = min(prev_speed, speed / 3.6)
-            enter = max(
-                enter,
-                prev_enter + gap_m / slowest,
-                prev_enter + (travel_m + gap_m) / prev_speed - travel_m / (speed / 3.6) + 0.5,
-            )
         target, accel, change = None, 0.0, None
         draw = rng.uniform()
         if behaviours and draw < 0.25:
@@ -515,28 +584,34 @@ def random_vehicles(
         elif behaviours and draw < 0.42 and road.lanes > 1:
             to_lane = lane + (1 if lane == 0 else -1 if lane == road.lanes - 1 else int(rng.choice([-1, 1])))
             change = (float(rng.uniform(0.3, 1.5)), float(rng.uniform(2.0, 4.0)), float(to_lane))
-        slowest_ms = min(speed, target if target is not None else speed) / 3.6
-        last_in_lane[lane] = (enter, max(slowest_ms, 1.0), length)
-        vehicles.append(
-            Vehicle(
-                vehicle_id=vehicle_id,
-                lane=lane,
-                enter_s=enter,
-                speed_kmh=speed,
-                start_y_m=start_y_m,
-                direction=-1,
-                target_speed_kmh=target,
-                acceleration_ms2=accel,
-                lane_change=change,
-                kind=kind,
-                color=_COLORS[int(rng.integers(len(_COLORS)))],
-            )
+        vehicle = Vehicle(
+            vehicle_id=vehicle_id,
+            lane=lane,
+            enter_s=0.0,
+            speed_kmh=speed,
+            start_y_m=start_y_m,
+            direction=-1,
+            target_speed_kmh=target,
+            acceleration_ms2=accel,
+            lane_change=change,
+            kind=kind,
+            color=_COLORS[int(rng.integers(len(_COLORS)))],
         )
+        path = _path(vehicle, road, travel_m)  # relative to the entry: the same whenever it enters
+        step = math.ceil(wanted / _STEP_S)
+        while _conflicts((step, path, vehicle), placed):
+            step += 1
+        vehicle = replace(vehicle, enter_s=step * _STEP_S)
+        placed.append((step, path, vehicle))
+        vehicles.append(vehicle)
     return vehicles
 
 
 def highway_scene(
     *,
+    bump_s: float = math.inf,
+    bump_tilt_deg: float = 0.0,
+    bump_pan_deg: float = 0.0,
     fps: float = 30.0,
     frames: int = 300,
     seed: int = 1,
@@ -552,7 +627,8 @@ def highway_scene(
 
     The camera is 8 m above the median edge of the carriageway, tilted 9° down and panned
     3° toward the road (the overpass video's camera, fitted to its lane marks, sits 7.95 m
-    high, tilted 6.2°, panned 4.1°); ``hfov_deg`` sets the zoom.
+    high, tilted 6.2°, panned 4.1°); ``hfov_deg`` sets the zoom. From ``bump_s`` on, the
+    camera is tilted by ``bump_tilt_deg`` more and panned by ``bump_pan_deg`` more (a bump).
     """
     road = RoadLayout(lanes=lanes)
     camera = CameraModel(
@@ -565,7 +641,14 @@ def highway_scene(
         x_m=road.width_m + 0.8,
         y_m=0.0,
     )
-    scene = TrafficScene(camera=camera, road=road, fps=fps, frames=frames)
+    camera_after = None
+    if bump_tilt_deg or bump_pan_deg:
+        camera_after = replace(
+            camera, tilt_deg=camera.tilt_deg + bump_tilt_deg, pan_deg=camera.pan_deg + bump_pan_deg
+        )
+    scene = TrafficScene(
+        camera=camera, road=road, fps=fps, frames=frames, bump_s=bump_s, camera_after=camera_after
+    )
     near, _ = scene.visible_y_range_m()
     top = scene.top_y_m()
     start_y = top + 8.0  # just beyond the top edge: vehicles drive into view

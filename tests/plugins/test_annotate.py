@@ -151,9 +151,59 @@ def test_empty_missing_and_untracked_layers_are_fine() -> None:
     assert (frames[2].canvas != image).any()
 
 
+def _one_box(xyxy: list[float], *, height: int = 240, width: int = 320) -> Frame:
+    frame = Frame(source_id="cam", index=0, pts_ns=0, image=np.zeros((height, width, 3), dtype=np.uint8))
+    frame.layers["objects"] = sv.Detections(
+        xyxy=np.array([xyxy], dtype=np.float32),
+        confidence=np.array([0.41], dtype=np.float32),
+        class_id=np.array([7]),
+        tracker_id=np.array([4]),
+        data={"class_name": np.array(["truck"]), "speed_kmh": np.array([113.2])},
+    )
+    return frame
+
+
+def _label_pixels(canvas: np.ndarray, x1: int, x2: int, top: int, bottom: int) -> int:
+    """Pixels of track 4's colour strictly inside a box's columns, between two rows."""
+    color = sv.ColorPalette.DEFAULT.colors[4].as_bgr()
+    region = canvas[top:bottom, x1 + 3 : x2 - 3]
+    return int((region == np.array(color)).all(axis=2).sum())
+
+
+def test_a_label_of_a_box_at_the_top_edge_stays_inside_the_picture() -> None:
+    frame = _one_box([100, 0, 220, 80])
+    Annotator(trace_length=0)(Batch.of([frame]))
+    assert _label_pixels(frame.canvas, 100, 220, 3, 40) > 300  # the label's background, inside
+
+
+def test_small_videos_are_drawn_scaled_up_with_readable_labels() -> None:
+    """320x240 with min_height_px 720: the canvas is 960x720, the box drawn at 3x, the label
+    text about 1/55 of the height (OpenCV scale 0.55, some 12 px glyphs); the image and the
+    detections keep the source's pixels."""
+    frame = _one_box([100, 100, 160, 140])
+    image = frame.image.copy()
+    annotator = Annotator(trace_length=5, min_height_px=720)
+    annotator(Batch.of([frame]))
+    assert frame.canvas.shape == (720, 960, 3) and annotator.scale_factor(240) == 3
+    np.testing.assert_array_equal(frame.image, image)
+    np.testing.assert_array_equal(frame.layers["objects"].xyxy, [[100, 100, 160, 140]])
+    assert (frame.canvas[300:420, 300] != 0).any(axis=1).sum() > 100  # the box's left side at x = 300
+    label_rows = np.flatnonzero(_label_pixels_by_row(frame.canvas, 300, 480))
+    assert 15 <= len(label_rows) <= 40  # a label band tall enough to read, not a banner
+    assert Annotator(min_height_px=720).scale_factor(720) == 1
+    assert Annotator().scale_factor(144) == 1
+
+
+def _label_pixels_by_row(canvas: np.ndarray, x1: int, x2: int) -> np.ndarray:
+    color = sv.ColorPalette.DEFAULT.colors[4].as_bgr()
+    return (canvas[:, x1 + 3 : x2 - 3] == np.array(color)).all(axis=2).sum(axis=1) > 10
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
+        {"min_height_px": 4},
+        {"min_height_px": 720.0},
         {"layers": "objects"},
         {"layers": [""]},
         {"trace_length": -1},

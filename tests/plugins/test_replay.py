@@ -64,7 +64,6 @@ def test_mot_options(tmp_path: Path) -> None:
     ("text", "message"),
     [
         ("1,2,3\n", "expected 'frame,id,x,y,w,h,conf"),
-        ("1,-1,0,0,0,5,1\n", "non-positive width"),
         ("1,-1,a,0,4,5,1\n", "expected 'frame"),
     ],
 )
@@ -73,6 +72,38 @@ def test_malformed_mot_files_are_refused(tmp_path: Path, text: str, message: str
     path.write_text(text, encoding="utf-8")
     with pytest.raises(ConfigError, match=message):
         load_mot(path)
+
+
+def test_boxes_without_area_are_skipped_and_counted(tmp_path: Path) -> None:
+    """One zero-width box at the image border must not cost the whole file."""
+    path = tmp_path / "border.txt"
+    path.write_text(
+        "1,1,10,20,30,40,1\n1,2,0,5,0,30,1\n2,1,12,20,30,40,1\n2,3,5,5,8,-1,1\n", encoding="utf-8"
+    )
+    by_frame, skipped = load_mot(path)
+    assert skipped == 2 and [len(rows) for rows in by_frame.values()] == [1, 1]
+    stage = ReplayDetector(path=path, track_ids=True)
+    stage.open(_context())
+    frame = _frame(0)
+    stage(Batch([frame]))
+    assert frame.layers["objects"].tracker_id.tolist() == [1]
+    assert stage.summary() == {"degenerate_boxes_skipped": 2}
+
+
+def test_jitter_that_squeezes_a_border_box_to_nothing_skips_it(tmp_path: Path) -> None:
+    path = tmp_path / "edge.txt"
+    path.write_text("1,1,0,10,0.2,30,1\n1,2,50,50,40,30,1\n", encoding="utf-8")
+    stage = ReplayDetector(path=path, jitter_px=3.0, seed=1, track_ids=True)
+    stage.open(_context())
+    skipped = 0
+    for index in range(20):
+        frame = _frame(index)
+        (frame.index, frame.pts_ns) = (0, 0)  # the same file frame, 20 jitter draws
+        stage(Batch([frame]))
+        objects = frame.layers["objects"]
+        assert ((objects.xyxy[:, 2] > objects.xyxy[:, 0]) & (objects.xyxy[:, 3] > objects.xyxy[:, 1])).all()
+        skipped += 2 - len(objects)
+    assert skipped > 0 and stage.summary()["degenerate_boxes_skipped"] == skipped
 
 
 def test_jitter_is_seeded_and_has_the_requested_size(tmp_path: Path) -> None:

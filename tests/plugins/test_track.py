@@ -128,11 +128,21 @@ def test_every_detection_and_column_survives_in_input_order() -> None:
         assert len(out) == len(original)
         np.testing.assert_array_equal(out.xyxy, original.xyxy)
         np.testing.assert_array_equal(out.confidence, original.confidence)
-        np.testing.assert_array_equal(out.class_id, original.class_id)
+        np.testing.assert_array_equal(out.data["detector_class_id"], original.class_id)
         assert out.mask is mask
-        assert set(out.data) == {"gt_id", "class_name", "speed_kmh"}
+        assert set(out.data) == {
+            "gt_id",
+            "class_name",
+            "speed_kmh",
+            "detector_class_id",
+            "detector_class_name",
+        }
+        untracked = out.tracker_id == NO_TRACK_ID
+        np.testing.assert_array_equal(out.class_id[untracked], original.class_id[untracked])
         for key, values in original.data.items():
-            np.testing.assert_array_equal(out.data[key], values)
+            if key != "class_name":
+                np.testing.assert_array_equal(out.data[key], values)
+        np.testing.assert_array_equal(out.data["detector_class_name"], original.data["class_name"])
         assert out.tracker_id.dtype.kind == "i"
         assert (out.tracker_id[out.data["gt_id"] == -1] == NO_TRACK_ID).all()
 
@@ -195,10 +205,67 @@ def test_low_confidence_detections_are_kept_untracked() -> None:
         assert frame.layers["objects"].tracker_id.tolist() == [NO_TRACK_ID]
 
 
+def _classified(index: int, classes: list[tuple[int, str, float]]) -> Frame:
+    """Two still boxes whose detector classes and confidences are given per frame."""
+    boxes = np.array([[10, 10, 50, 50], [200, 10, 240, 50]], dtype=np.float32)
+    return Frame(
+        source_id="cam",
+        index=index,
+        pts_ns=index * FRAME_PERIOD_NS,
+        image=None,
+        layers={
+            "objects": sv.Detections(
+                xyxy=boxes,
+                confidence=np.array([c[2] for c in classes], dtype=np.float32),
+                class_id=np.array([c[0] for c in classes]),
+                data={"class_name": np.array([c[1] for c in classes])},
+            )
+        },
+    )
+
+
+def test_one_class_per_track_by_confidence_weighted_vote() -> None:
+    """Box 1: car 0.9 then truck 0.5 flickers: stays car. Box 2: bus 0.3 at first, then
+    truck 0.8 for good: the truck tally passes twice the bus one and takes over, once."""
+    stage = _stage()
+    names_by_track: dict[int, list[str]] = {}
+    detector: list[str] = []
+    for index in range(12):
+        first = (2, "car", 0.9) if index % 3 else (7, "truck", 0.5)
+        second = (5, "bus", 0.3) if index < 3 else (7, "truck", 0.8)
+        frame = _classified(index, [first, second])
+        stage(Batch.of([frame]))
+        out = frame.layers["objects"]
+        detector.extend(out.data["detector_class_name"].tolist())
+        for track_id, name, class_id in zip(
+            out.tracker_id.tolist(), out.data["class_name"].tolist(), out.class_id.tolist(), strict=True
+        ):
+            if track_id != NO_TRACK_ID:
+                names_by_track.setdefault(track_id, []).append(name)
+                assert class_id == {"car": 2, "truck": 7, "bus": 5}[name]
+    first_track, second_track = sorted(names_by_track)
+    assert set(names_by_track[first_track]) == {"car"}
+    second = names_by_track[second_track]
+    assert second[0] == "bus" and second[-1] == "truck"
+    assert sum(a != b for a, b in zip(second, second[1:], strict=False)) == 1  # one switch
+    assert "truck" in detector and "bus" in detector  # the detector's classes are kept
+
+
+def test_class_vote_can_be_off() -> None:
+    stage = _stage(vote_classes=False)
+    for index in range(4):
+        frame = _classified(index, [(2, "car", 0.9), (7, "truck", 0.8) if index % 2 else (5, "bus", 0.9)])
+        stage(Batch.of([frame]))
+    out = frame.layers["objects"]
+    assert out.data["class_name"].tolist() == ["car", "truck"] and "detector_class_name" not in out.data
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
         {"layer": ""},
+        {"class_switch_ratio": 0.5},
+        {"vote_classes": "yes"},
         {"lost_track_buffer": -1},
         {"lost_track_buffer": 2.5},
         {"minimum_consecutive_frames": 0},

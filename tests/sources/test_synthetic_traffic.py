@@ -3,6 +3,8 @@ source, and the whole speed chain recovering true speeds within the accuracy tar
 
 from __future__ import annotations
 
+import csv
+import json
 import math
 from pathlib import Path
 
@@ -11,12 +13,13 @@ import pytest
 
 from engine.errors import SourceError
 from engine.frame import Batch
-from engine.sources.synthetic import SyntheticTrafficSource, kept_frames
+from engine.sources.synthetic import SyntheticTrafficSource, kept_frames, scene_from_uri
 from engine.sources.synthetic_traffic import CameraModel, RoadLayout, TrafficScene, Vehicle, highway_scene
 from engine.stage import Context
 from plugins.replay import ReplayDetector
 from plugins.speed import SpeedEstimator
 from plugins.track import ByteTrackStage
+from tests.cli.test_cli import read_events, vistream
 
 ROAD = RoadLayout(lanes=3)
 
@@ -146,8 +149,10 @@ def test_bad_uris_are_refused(uri: str, message: str) -> None:
         SyntheticTrafficSource(uri, source_id="s")
 
 
-def _speed_errors(uri: str, tmp_path: Path, *, jitter_px: float, tracker: bool) -> tuple[np.ndarray, int]:
-    """Run source -> replay -> (track) -> speed; return reported minus true speeds."""
+def _speed_errors(
+    uri: str, tmp_path: Path, *, jitter_px: float, tracker: bool
+) -> tuple[np.ndarray, dict[str, int]]:
+    """Run source -> replay -> (track) -> speed; return reported minus true speeds and totals."""
     source = SyntheticTrafficSource(uri, source_id="syn")
     info = source.open()
     calibration = tmp_path / "synthetic.yaml"
@@ -156,7 +161,7 @@ def _speed_errors(uri: str, tmp_path: Path, *, jitter_px: float, tracker: bool) 
     stages = [ReplayDetector(jitter_px=jitter_px, seed=7, track_ids=not tracker)]
     if tracker:
         stages.append(ByteTrackStage())
-    stages.append(SpeedEstimator(calibration=calibration, shift_statistic="off"))  # defaults: n = k = 15
+    stages.append(SpeedEstimator(calibration=calibration, shift_statistic="off"))  # the shipped settings
     for stage in stages:
         stage.open(context)
     errors = []
@@ -171,8 +176,7 @@ def _speed_errors(uri: str, tmp_path: Path, *, jitter_px: float, tracker: bool) 
             # The truth of a detection is the vehicle whose box it overlaps most.
             overlap = _iou(box, truth.xyxy)
             errors.append(speed - truth.speed_kmh[int(np.argmax(overlap))])
-    totals = stages[-1].summary()["sources"]["syn"]["totals"]
-    return np.asarray(errors), totals["rejected_max_speed"] + totals["rejected_max_acceleration"]
+    return np.asarray(errors), stages[-1].summary()["sources"]["syn"]["totals"]
 
 
 def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -185,22 +189,134 @@ def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / (area - inter)
 
 
-def test_speeds_recovered_within_the_targets(tmp_path: Path) -> None:
-    """1280x720, 30 fps, constant speeds 20-150 km/h, 2 px box jitter, exact calibration:
-    MAE <= 1.0 km/h and p95 <= 2.5 km/h (the issue's targets)."""
-    uri = "synthetic://traffic?frames=1200&seed=11&vehicles=40&behaviours=0&render=0"
-    errors, _ = _speed_errors(uri, tmp_path, jitter_px=2.0, tracker=False)
+@pytest.mark.parametrize("fps", [25, 60])
+def test_speeds_recovered_within_the_targets(tmp_path: Path, fps: int) -> None:
+    """1280x720, constant speeds 20-150 km/h, 2 px box jitter, exact calibration, one setting
+    for every frame rate: MAE <= 1.0 km/h, p95 <= 2.5 km/h, nothing 10 km/h off."""
+    uri = f"synthetic://traffic?fps={fps}&frames={40 * fps}&seed=11&vehicles=40&behaviours=0&render=0"
+    errors, totals = _speed_errors(uri, tmp_path, jitter_px=2.0, tracker=False)
     assert len(errors) > 1500
     absolute = np.abs(errors)
-    assert absolute.mean() <= 1.0
-    assert np.percentile(absolute, 95) <= 2.5
+    assert absolute.mean() <= 1.0 and np.percentile(absolute, 95) <= 2.5 and absolute.max() <= 10.0
+    assert totals["identity_splits"] == 0  # true ids: nothing to split
 
 
 def test_with_bytetrack_ids_and_mixed_behaviours(tmp_path: Path) -> None:
     """The real tracker instead of true ids, vehicles accelerating and changing lanes: the
-    reported speeds stay close to the truth (looser bound: the average lags acceleration)."""
+    reported speeds stay close to the truth (looser bound: a fit lags acceleration)."""
     uri = "synthetic://traffic?frames=450&seed=5&vehicles=16&render=0"
     errors, _ = _speed_errors(uri, tmp_path, jitter_px=1.0, tracker=True)
     assert len(errors) > 300
     assert np.abs(errors).mean() <= 1.5
     assert np.percentile(np.abs(errors), 99) <= 8.0
+
+
+def test_no_vehicle_drives_through_another() -> None:
+    """Dense traffic with braking and lane changes: footprints never overlap on the road in
+    view (beyond it, behind the camera, vehicles are no longer simulated)."""
+    scene = highway_scene(fps=10.0, frames=600, seed=4, vehicles=60)
+    assert max(v.enter_s for v in scene.vehicles) < 80.0  # dense, still flowing
+    near_y = scene.visible_y_range_m()[0]
+    for frame in range(0, scene.frames, 2):
+        t = scene.time_s(frame)
+        active = [v for v in scene.vehicles if v.enter_s <= t and v.state(t, scene.road)[1] > near_y]
+        states = np.array([v.state(t, scene.road)[:2] for v in active]).reshape(-1, 2)
+        sizes = np.array([v.size_m[:2] for v in active]).reshape(-1, 2)
+        for i in range(len(active)):
+            dx = np.abs(states[i + 1 :, 0] - states[i, 0]) < (sizes[i + 1 :, 1] + sizes[i, 1]) / 2
+            dy = np.abs(states[i + 1 :, 1] - states[i, 1]) < (sizes[i + 1 :, 0] + sizes[i, 0]) / 2
+            assert not (dx & dy).any(), (frame, active[i].vehicle_id)
+
+
+def test_one_scene_at_any_frame_rate() -> None:
+    """The same URI at 25 and 60 fps: the same traffic, sampled at each rate."""
+    slow = scene_from_uri("synthetic://traffic?fps=25&frames=100&seed=2&render=0")
+    fast = scene_from_uri("synthetic://traffic?fps=60&frames=240&seed=2&render=0")
+    assert [v.enter_s for v in slow.vehicles] == [v.enter_s for v in fast.vehicles]
+    a, b = slow.truth(50), fast.truth(120)  # both at 2 s
+    assert a.pts_ns == b.pts_ns == 2_000_000_000
+    np.testing.assert_allclose(a.world_xy_m, b.world_xy_m)
+
+
+def test_a_camera_bump_moves_the_boxes_not_the_calibration() -> None:
+    steady = scene_from_uri("synthetic://traffic?frames=300&seed=2&render=0")
+    bumped = scene_from_uri("synthetic://traffic?frames=300&seed=2&render=0&bump_s=5&bump_tilt=1")
+    np.testing.assert_allclose(steady.truth(120).xyxy, bumped.truth(120).xyxy)  # before: the same
+    after_steady, after_bumped = steady.truth(200), bumped.truth(200)
+    (common,) = np.intersect1d(after_steady.vehicle_id, after_bumped.vehicle_id)[:1]
+    a = after_steady.vehicle_id.tolist().index(common)
+    b = after_bumped.vehicle_id.tolist().index(common)
+    np.testing.assert_allclose(after_steady.world_xy_m[a], after_bumped.world_xy_m[b])  # the road: the same
+    assert after_bumped.xyxy[b, 3] < after_steady.xyxy[a, 3] - 5.0  # tilted down: boxes move up the image
+    np.testing.assert_allclose(steady.calibration().image_points, bumped.calibration().image_points)
+    assert not np.array_equal(steady.render(200), bumped.render(200))
+
+
+def _alarm_events(uri: str, tmp_path: Path) -> tuple[list[float], list[float]]:
+    """Replay + speed with the camera-shift alarm; return final times and alarm times (s)."""
+    source = SyntheticTrafficSource(uri, source_id="syn")
+    info = source.open()
+    calibration = tmp_path / "synthetic.yaml"
+    source.scene.calibration().save(calibration)
+    context = Context(sources={"syn": info})
+    replay = ReplayDetector(jitter_px=1.0, seed=1, track_ids=True)
+    speed = SpeedEstimator(calibration=calibration, shift_baseline_tracks=30, shift_window_tracks=15)
+    replay.open(context)
+    speed.open(context)
+    finals, alarms = [], []
+    for frame in source.frames():
+        speed(replay(Batch([frame])))
+        for event in frame.events:
+            if event["type"] == "vehicle_speed_final":
+                finals.append(frame.pts_ns / 1e9)
+            elif event["type"] == "calibration_suspect":
+                alarms.append(frame.pts_ns / 1e9)
+    return finals, alarms
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 3])
+def test_a_camera_bump_is_flagged_and_steady_scenes_are_not(tmp_path: Path, seed: int) -> None:
+    """A 1° tilt at 45 s (speeds then 10-45 % off, by distance) raises calibration_suspect
+    within 25 vehicles of the bump (14-21 measured over seeds 1, 3, 5); the same traffic
+    without the bump raises nothing."""
+    uri = f"synthetic://traffic?fps=15&frames=1350&seed={seed}&vehicles=90&render=0"
+    finals, alarms = _alarm_events(uri, tmp_path)
+    assert len(finals) > 70 and alarms == []
+    finals, alarms = _alarm_events(uri + "&bump_s=45&bump_tilt=1", tmp_path)
+    (alarm,) = alarms
+    assert alarm > 45.0 and sum(1 for t in finals if 45.0 <= t <= alarm) <= 25
+
+
+def test_a_run_writes_every_vehicle_once_even_those_in_view_at_the_end(tmp_path: Path) -> None:
+    """`vistream run` on a synthetic scene cut short by --max-frames: vehicles still in the
+    zone at the end are in vehicles.csv and the summary, and no vehicle is written twice."""
+    scene = scene_from_uri("synthetic://traffic?frames=300&seed=6&vehicles=14&render=0&width=640&height=360")
+    scene.calibration().save(tmp_path / "cal.yaml")
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(
+        "source: synthetic://traffic?frames=300&seed=6&vehicles=14&render=0&width=640&height=360\n"
+        "stages:\n"
+        "  - stage: replay\n    jitter_px: 1.0\n    track_ids: true\n"
+        "  - stage: speed\n    calibration: cal.yaml\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "out"
+    result = vistream(
+        "run", "--pipeline", str(pipeline), "--out", str(out), "--quiet", "--no-video", "--max-frames", "200"
+    )
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader((out / "vehicles.csv").open(encoding="utf-8", newline="")))
+    keys = [(r["track_id"], r["entry_pts_ns"]) for r in rows]
+    assert len(keys) == len(set(keys)) >= 3
+    reasons = {r["reason"] for r in rows}
+    assert "end_of_stream" in reasons
+    in_events = [
+        e
+        for record in read_events(out)
+        for e in record.get("events", [])
+        if e["type"] == "vehicle_speed_final"
+    ]
+    assert len(in_events) < len(rows)  # the rest were decided at the end: only the table has them
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert len(summary["stages"]["speed"]["sources"]["synthetic"]["vehicles"]) == len(rows)

@@ -1,0 +1,446 @@
+"""One vehicle's motion for the speed stage: its in-zone positions, a weighted robust line
+fit of position against time, and the identity gate.
+
+Convention:
+    - Times are float64 seconds relative to the path's first observation; positions are
+      road-plane metres. Every observation carries the 2×2 covariance (m²) of its position:
+      the box noise in pixels mapped through the calibration's Jacobian at the anchor, so a
+      far vehicle, whose pixels are worth tens of centimetres, weighs less than a near one.
+    - A fit is a straight line ``p(t) = p0 + v (t - t0)`` over some of the observations,
+      weighted by the inverse position variance along the direction of motion. Two
+      reweighting passes with Huber weights (``HUBER_K`` noise sigmas) take the pull of a
+      few bad boxes away. The noise scale is the residuals' robust scale (1.4826 × MAD),
+      never below the noise model's: the standard error of the speed comes from it.
+
+Why a line fit: for a vehicle at constant speed it is the minimum-variance estimate from
+the positions (the slope's variance is ``σ² / Σ (t - t̄)²``, falling with the cube of the
+time spanned), unlike differences of two positions a fixed number of frames apart, which use
+two points of each window and need a fixed count of frames whatever the frame rate. Its error
+is known before it is computed, so the stage can show a speed as soon as the path is long
+enough for the error budget, and no sooner. Theil–Sen would be more robust but costs O(n²)
+per frame; the gate below already keeps another vehicle's boxes out of the path.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: Two-sided 95 % quantile of the normal distribution.
+Z95 = 1.959963984540054
+#: Huber threshold in noise sigmas for the reweighting passes.
+HUBER_K = 2.5
+# The residual scale is only trusted from this many points on (before: the noise model).
+_MIN_POINTS_FOR_SCALE = 8
+# Above this many points, the older half of a path is thinned (every other point kept).
+_MAX_POINTS = 4096
+
+
+@dataclass(frozen=True)
+class LineFit:
+    """A line fitted to a path's positions (see the module convention).
+
+    Attributes:
+        t0_s: Weighted mean time of the points.
+        xy0_m: ``(2,)`` fitted position at ``t0_s``.
+        velocity_ms: ``(2,)`` fitted velocity.
+        stderr_ms: Standard error of the speed (along the direction of motion).
+        position_var_m2: Variance of the fitted position at ``t0_s`` along the motion.
+        scale: Residual scale relative to the noise model (>= 1).
+        points: Number of observations fitted.
+        first_s: Time of the first of them.
+        last_s: Time of the last of them.
+    """
+
+    t0_s: float
+    xy0_m: np.ndarray
+    velocity_ms: np.ndarray
+    stderr_ms: float
+    position_var_m2: float
+    scale: float
+    points: int
+    first_s: float
+    last_s: float
+
+    @property
+    def speed_ms(self) -> float:
+        """Norm of the fitted velocity."""
+        return float(math.hypot(self.velocity_ms[0], self.velocity_ms[1]))
+
+    @property
+    def direction(self) -> np.ndarray:
+        """Unit vector of the motion ((0, 1) for a vehicle that does not move)."""
+        speed = self.speed_ms
+        return self.velocity_ms / speed if speed > 1e-6 else np.array([0.0, 1.0])
+
+    def position_at(self, t_s: float) -> np.ndarray:
+        """Predicted position at ``t_s``."""
+        return self.xy0_m + self.velocity_ms * (t_s - self.t0_s)
+
+
+def along_variance(cov_m2: np.ndarray, direction: np.ndarray) -> np.ndarray:
+    """Variance of each ``(n, 2, 2)`` covariance along a unit ``direction``."""
+    return np.einsum("i,nij,j->n", direction, cov_m2, direction)
+
+
+def fit_line(t_s: np.ndarray, xy_m: np.ndarray, cov_m2: np.ndarray, direction: np.ndarray) -> LineFit | None:
+    """Weighted robust line fit of ``(n, 2)`` positions against ``(n,)`` times.
+
+    Args:
+        t_s: Observation times.
+        xy_m: Positions.
+        cov_m2: ``(n, 2, 2)`` position covariances.
+        direction: Unit vector of the motion, to weigh by the variance along it (the
+            direction is refined from the fit itself).
+
+    Returns:
+        The fit, or None with fewer than 2 points or no time between them.
+    """
+    n = len(t_s)
+    if n < 2 or t_s[-1] - t_s[0] <= 0:
+        return None
+    var = np.maximum(along_variance(cov_m2, direction), 1e-12)
+    base = 1.0 / var
+    weights = base
+    scale = 1.0
+    for iteration in range(3):
+        sw = weights.sum()
+        t0 = float(weights @ t_s / sw)
+        xy0 = weights @ xy_m / sw
+        dt = t_s - t0
+        stt = float(weights @ (dt * dt))
+        if stt <= 0:
+            return None
+        velocity = (weights * dt) @ (xy_m - xy0) / stt
+        speed = math.hypot(velocity[0], velocity[1])
+        unit = velocity / speed if speed > 1e-6 else direction
+        if iteration == 0 and not np.allclose(unit, direction):
+            var = np.maximum(along_variance(cov_m2, unit), 1e-12)
+            base = 1.0 / var
+        residual = ((xy_m - xy0) - dt[:, None] * velocity) @ unit
+        normalized = np.abs(residual) * np.sqrt(base)
+        if n >= _MIN_POINTS_FOR_SCALE:
+            scale = max(1.0, 1.4826 * float(np.median(normalized)))
+        if iteration < 2:
+            weights = base * np.minimum(1.0, HUBER_K * scale / np.maximum(normalized, 1e-12))
+    return LineFit(
+        t0_s=t0,
+        xy0_m=np.asarray(xy0, dtype=np.float64),
+        velocity_ms=np.asarray(velocity, dtype=np.float64),
+        stderr_ms=scale / math.sqrt(stt),
+        position_var_m2=scale * scale / sw,
+        scale=scale,
+        points=n,
+        first_s=float(t_s[0]),
+        last_s=float(t_s[-1]),
+    )
+
+
+def shortest_window(
+    t_s: np.ndarray,
+    var_m2: np.ndarray,
+    *,
+    scale: float,
+    half_width_ms: float,
+    min_span_s: float,
+    min_points: int,
+) -> int | None:
+    """Start index of the shortest recent stretch whose line fit meets the error budget.
+
+    The predicted 95 % half-width of the speed from the points ``j..n-1`` is
+    ``Z95 * scale / sqrt(Σ w (t - t̄)²)`` with ``w = 1 / var``; it is computed for every
+    ``j`` at once from running sums taken from the end.
+
+    Args:
+        t_s: ``(n,)`` observation times, increasing.
+        var_m2: ``(n,)`` position variances along the motion.
+        scale: Noise scale relative to the model.
+        half_width_ms: The budget: largest acceptable 95 % half-width of the speed.
+        min_span_s: Shortest time a stretch may span.
+        min_points: Fewest points a stretch may hold.
+
+    Returns:
+        The start index, or None when even all the points miss the budget.
+    """
+    n = len(t_s)
+    if n < max(min_points, 2):
+        return None
+    w = 1.0 / np.maximum(var_m2[::-1], 1e-12)
+    t = (t_s - t_s[-1])[::-1]  # from the newest point backwards, times <= 0
+    sw = np.cumsum(w)
+    swt = np.cumsum(w * t)
+    swtt = np.cumsum(w * t * t)
+    stt = np.maximum(swtt - swt * swt / sw, 0.0)
+    count = np.arange(1, n + 1)
+    with np.errstate(divide="ignore"):
+        half = Z95 * scale / np.sqrt(stt)
+    ok = (half <= half_width_ms) & (count >= min_points) & (-t >= min_span_s)
+    if not ok.any():
+        return None
+    return n - 1 - int(np.argmax(ok))
+
+
+@dataclass(frozen=True)
+class MeanFit:
+    """A vehicle's mean velocity over its whole path (constant-acceleration fit).
+
+    Attributes:
+        velocity_ms: ``(2,)`` mean velocity between the first and the last observation.
+        stderr_ms: Its standard error along the motion (noise scale included).
+        scale: Residual scale relative to the noise model (>= 1).
+        points: Observations fitted.
+        acceleration_ms2: ``(2,)`` fitted acceleration (zeros for the straight line).
+        acceleration_stderr_ms2: Its standard error along the motion (inf for the line).
+    """
+
+    velocity_ms: np.ndarray
+    stderr_ms: float
+    scale: float
+    points: int
+    acceleration_ms2: np.ndarray = field(default_factory=lambda: np.zeros(2))
+    acceleration_stderr_ms2: float = math.inf
+
+    @property
+    def speed_ms(self) -> float:
+        """Norm of the mean velocity."""
+        return float(math.hypot(self.velocity_ms[0], self.velocity_ms[1]))
+
+
+def fit_mean_velocity(
+    t_s: np.ndarray, xy_m: np.ndarray, cov_m2: np.ndarray, direction: np.ndarray
+) -> MeanFit | None:
+    """Mean velocity of a whole path: a robust weighted fit of ``p0 + v τ + a τ² / 2``,
+    ``τ`` from the middle of the path's time span, whose ``v`` is exactly the mean velocity
+    (displacement over time) between the first and the last observation when the
+    acceleration is constant. A straight line would be pulled toward the speed near the
+    camera, where positions are precise and weigh most, when the vehicle accelerates.
+
+    Fewer than 6 points: the straight line (:func:`fit_line`).
+    """
+    n = len(t_s)
+    if n < 6:
+        line = fit_line(t_s, xy_m, cov_m2, direction)
+        if line is None:
+            return None
+        return MeanFit(line.velocity_ms, line.stderr_ms, line.scale, line.points)
+    tau = t_s - (t_s[0] + t_s[-1]) / 2.0
+    design = np.column_stack([np.ones(n), tau, tau * tau])
+    base = 1.0 / np.maximum(along_variance(cov_m2, direction), 1e-12)
+    weights, scale = base, 1.0
+    for iteration in range(3):
+        normal = design.T @ (weights[:, None] * design)
+        try:
+            inverse = np.linalg.inv(normal)
+        except np.linalg.LinAlgError:
+            return None
+        coefficients = inverse @ (design.T @ (weights[:, None] * xy_m))
+        velocity = coefficients[1]
+        speed = math.hypot(velocity[0], velocity[1])
+        unit = velocity / speed if speed > 1e-6 else direction
+        if iteration == 0:
+            base = 1.0 / np.maximum(along_variance(cov_m2, unit), 1e-12)
+        residual = (xy_m - design @ coefficients) @ unit
+        normalized = np.abs(residual) * np.sqrt(base)
+        if n >= _MIN_POINTS_FOR_SCALE:
+            scale = max(1.0, 1.4826 * float(np.median(normalized)))
+        if iteration < 2:
+            weights = base * np.minimum(1.0, HUBER_K * scale / np.maximum(normalized, 1e-12))
+    return MeanFit(
+        velocity_ms=np.asarray(velocity, dtype=np.float64),
+        stderr_ms=scale * math.sqrt(max(float(inverse[1, 1]), 0.0)),
+        scale=scale,
+        points=n,
+        acceleration_ms2=2.0 * np.asarray(coefficients[2], dtype=np.float64),
+        acceleration_stderr_ms2=2.0 * scale * math.sqrt(max(float(inverse[2, 2]), 0.0)),
+    )
+
+
+class VehiclePath:
+    """The in-zone observations of one vehicle (one identity segment of a track).
+
+    Attributes:
+        origin_ns: Timestamp of the first observation (time 0 of the path).
+        count: Observations held.
+        fit: The latest current-speed fit (None until the budget is met).
+        direction: Unit vector of the motion used for weighting.
+        shown_kmh: Number of speeds shown and their maximum.
+    """
+
+    def __init__(self, origin_ns: int) -> None:
+        self.origin_ns = origin_ns
+        self.count = 0
+        self._t_s = np.zeros(64)
+        self._xy_m = np.zeros((64, 2))
+        self._cov_m2 = np.zeros((64, 2, 2))
+        self.last_ns = origin_ns
+        self.fit: LineFit | None = None
+        self.direction = np.array([0.0, 1.0])
+        self.scale = 1.0
+        self.shown = 0
+        self.max_shown_kmh = math.nan
+
+    @property
+    def t_s(self) -> np.ndarray:
+        """Observation times (s from ``origin_ns``)."""
+        return self._t_s[: self.count]
+
+    @property
+    def xy_m(self) -> np.ndarray:
+        """Observed positions."""
+        return self._xy_m[: self.count]
+
+    @property
+    def cov_m2(self) -> np.ndarray:
+        """Position covariances."""
+        return self._cov_m2[: self.count]
+
+    def add(self, pts_ns: int, xy_m: np.ndarray, cov_m2: np.ndarray) -> None:
+        """Append one observation (timestamps must increase)."""
+        if self.count == len(self._t_s):
+            if self.count >= _MAX_POINTS:
+                self._thin()
+            else:
+                grow = len(self._t_s)
+                self._t_s = np.concatenate([self._t_s, np.zeros(grow)])
+                self._xy_m = np.concatenate([self._xy_m, np.zeros((grow, 2))])
+                self._cov_m2 = np.concatenate([self._cov_m2, np.zeros((grow, 2, 2))])
+        i = self.count
+        self._t_s[i] = (pts_ns - self.origin_ns) / 1e9
+        self._xy_m[i] = xy_m
+        self._cov_m2[i] = cov_m2
+        self.count += 1
+        self.last_ns = pts_ns
+        if self.count >= 2:
+            displacement = self._xy_m[i] - self._xy_m[0]
+            norm = math.hypot(displacement[0], displacement[1])
+            if self.fit is None and norm > 1e-6:
+                self.direction = displacement / norm
+
+    def _thin(self) -> None:
+        # A vehicle stopped in the zone for minutes: keep the newer half whole, thin the older.
+        half = self.count // 2
+        keep = np.r_[np.arange(0, half, 2), np.arange(half, self.count)]
+        kept = len(keep)
+        self._t_s[:kept] = self._t_s[keep]
+        self._xy_m[:kept] = self._xy_m[keep]
+        self._cov_m2[:kept] = self._cov_m2[keep]
+        self.count = kept
+
+    def current(
+        self, *, window_s: float, half_width_ms: float, min_span_s: float, min_points: int
+    ) -> LineFit | None:
+        """Fit the shortest recent stretch (within ``window_s``) that meets the error budget."""
+        t = self.t_s
+        begin = int(np.searchsorted(t, t[-1] - window_s - 1e-9)) if self.count else 0
+        t, cov = t[begin:], self.cov_m2[begin:]
+        start = shortest_window(
+            t,
+            along_variance(cov, self.direction),
+            scale=self.scale,
+            half_width_ms=half_width_ms,
+            min_span_s=min_span_s,
+            min_points=min_points,
+        )
+        if start is None:
+            return None
+        fit = fit_line(t[start:], self.xy_m[begin + start :], cov[start:], self.direction)
+        if fit is None:
+            return None
+        if fit.points >= _MIN_POINTS_FOR_SCALE:
+            self.scale = fit.scale
+        if Z95 * fit.stderr_ms > half_width_ms * 1.25:
+            return None  # the residuals say the noise is larger than the model: wait for more
+        self.fit = fit
+        self.direction = fit.direction if fit.speed_ms > 0.5 else self.direction
+        return fit
+
+    def lag_correction(self, fit: LineFit, *, window_s: float, sigmas: float = 5.0) -> np.ndarray:
+        """Velocity to add to a line fit so it is the speed at the last point, not at the fit's
+        mean time, when the vehicle accelerates.
+
+        A line through positions of a vehicle accelerating at ``a`` gives its velocity at the
+        points' mean time, ``a (t_last - t0)`` behind. The acceleration is fitted (with its
+        standard error) over the last ``window_s``, longer than the speed's own stretch; only
+        an acceleration beyond ``sigmas`` standard errors is corrected, so constant speeds
+        keep the line's lower noise.
+        """
+        t = self.t_s
+        begin = int(np.searchsorted(t, t[-1] - window_s - 1e-9))
+        if self.count - begin < 30 or t[-1] - t[begin] < window_s / 2:
+            return np.zeros(2)  # the residual scale, and so the significance, needs many points
+        quad = fit_mean_velocity(t[begin:], self.xy_m[begin:], self.cov_m2[begin:], self.direction)
+        if quad is None:
+            return np.zeros(2)
+        along = float(quad.acceleration_ms2 @ self.direction)
+        if abs(along) <= sigmas * quad.acceleration_stderr_ms2:
+            return np.zeros(2)
+        return quad.acceleration_ms2 * (fit.last_s - fit.t0_s)
+
+    def whole(self) -> MeanFit | None:
+        """Fit every observation of the path: the vehicle's mean speed through the zone."""
+        return fit_mean_velocity(self.t_s, self.xy_m, self.cov_m2, self.direction)
+
+    def far_near_ratio(self) -> float | None:
+        """Speed over the far half of the path divided by the speed over its near half.
+
+        Halves are split in time; the far half is the one whose positions are noisier (a
+        pixel is worth more there). Under a right calibration a vehicle's two halves agree
+        whatever its speed; a moved camera stretches the far part of the road more than the
+        near part, so every vehicle's ratio moves the same way (the camera-shift alarm's
+        ``profile`` statistic). None for paths too short to halve (fewer than 8 points).
+        """
+        if self.count < 8:
+            return None
+        middle = self.t_s[0] + (self.t_s[-1] - self.t_s[0]) / 2.0
+        split = int(np.searchsorted(self.t_s, middle))
+        halves = []
+        for part in (slice(0, split), slice(split, self.count)):
+            t, xy, cov = self.t_s[part], self.xy_m[part], self.cov_m2[part]
+            fit = fit_line(t, xy, cov, self.direction) if len(t) >= 4 else None
+            if fit is None or fit.speed_ms <= 0.5:
+                return None
+            halves.append((float(np.mean(along_variance(cov, self.direction))), fit.speed_ms))
+        (var_a, speed_a), (var_b, speed_b) = halves
+        return speed_a / speed_b if var_a >= var_b else speed_b / speed_a
+
+    def gate_sigmas(
+        self,
+        pts_ns: int,
+        xy_m: np.ndarray,
+        cov_m2: np.ndarray,
+        *,
+        max_acceleration_ms2: float,
+        max_speed_ms: float,
+    ) -> float:
+        """How many noise sigmas a new position lies from this path's motion.
+
+        With a fit, the prediction is its line; the uncertainty adds the fit's own, the
+        observation's (scaled like the residuals) and the distance a vehicle accelerating at
+        ``max_acceleration_ms2`` could depart from the line since the fit's mean time. Before
+        the first fit, only a jump farther than ``max_speed_ms`` allows from the last
+        position counts.
+        """
+        fit = self.fit
+        t = (pts_ns - self.origin_ns) / 1e9
+        if fit is None:
+            if self.count == 0:
+                return 0.0
+            last = self.count - 1
+            jump = math.hypot(*(np.asarray(xy_m) - self._xy_m[last]))
+            noise = math.sqrt(float(np.trace(cov_m2) + np.trace(self._cov_m2[last])))
+            excess = jump - max_speed_ms * max(t - self._t_s[last], 0.0)
+            return max(excess, 0.0) / max(noise, 1e-9)
+        lead = t - fit.t0_s
+        spread = (
+            fit.position_var_m2
+            + (fit.stderr_ms * lead) ** 2
+            + (0.5 * max_acceleration_ms2 * lead * lead) ** 2
+        )
+        total = fit.scale**2 * np.asarray(cov_m2) + spread * np.eye(2)
+        error = np.asarray(xy_m) - fit.position_at(t)
+        try:
+            return float(math.sqrt(max(error @ np.linalg.solve(total, error), 0.0)))
+        except np.linalg.LinAlgError:
+            return math.inf
