@@ -37,7 +37,7 @@ demo: $(VENV)/.installed-demo
 		--pipeline default --out out/demo
 
 test: $(VENV)/.installed-test
-	VISTREAM_SHARED=$(SHARED) $(VENV)/bin/python -m pytest -q -rs
+	VISTREAM_SHARED=$(abspath $(SHARED)) $(VENV)/bin/python -m pytest -q -rs
 
 bench: $(VENV)/.installed-test
 	$(VENV)/bin/python benchmarks/regression.py --shared $(SHARED) --out out/bench

@@ -134,8 +134,8 @@ def test_readme_custom_stage_runs_as_written(tmp_path: Path, highway_video: Path
     words = command.group(1).split()
     assert words[:3] == ["PYTHONPATH=.", "vistream", "run"]
     arguments = [str(highway_video) if word.startswith("../shared/") else word for word in words[3:]]
-    env = {**os.environ, "PYTHONPATH": "."}
-    env.setdefault("VISTREAM_SHARED", str(highway_video.parents[2]))
+    # The shared data by an absolute path: the run's working directory is the new folder.
+    env = {**os.environ, "PYTHONPATH": ".", "VISTREAM_SHARED": str(highway_video.parents[2].resolve())}
     console_script = Path(sys.executable).with_name("vistream")  # as a user runs it: no cwd on the path
     if not console_script.is_file():
         pytest.skip(f"no vistream console script beside {sys.executable}")
