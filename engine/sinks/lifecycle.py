@@ -266,10 +266,12 @@ class ObjectLifecycle:
             details = {k: v for k, v in stage_event.items() if k not in ("type", "track_id")}
             return [self._event("alert", source_id, pts_ns, body, alert=details)]
         if obj is None:
+            # Every update falls between its object's new and end, so a consumer never sees
+            # an object it was not told about; the event itself stays in events.jsonl (and a
+            # final speed in vehicles.csv).
             logger.debug("%s event for track %s, which is not open on %s", kind, track_id, source_id)
-            return [
-                self._event("update", source_id, pts_ns, body, change={"kind": kind, **_details(stage_event)})
-            ]
+            self.counts["unattached_stage_events"] += 1
+            return []
         change: dict[str, Any] = {"kind": kind, **_details(stage_event)}
         if kind == ZONE_ENTERED:
             zone = str(stage_event.get("zone"))
