@@ -83,9 +83,15 @@ def add_subcommand(subparsers: Any) -> None:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    import uvicorn
+    """Run the service until SIGINT/SIGTERM (then every worker is stopped, outputs finalized)."""
+    try:
+        import uvicorn
 
-    from engine.serve.app import create_app
+        from engine.serve.app import create_app
+    except ImportError as error:
+        raise ConfigError(
+            f"vistream serve needs the 'serve' extra (pip install 'vistream[serve]'): {error}"
+        ) from error
     from engine.serve.service import StreamService
 
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None

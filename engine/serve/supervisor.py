@@ -171,7 +171,18 @@ class StreamSupervisor:
                 return
             kind = message[0]
             if kind == "status":
+                before = self.worker_status.get("state")
                 self.worker_status = message[1]
+                state = self.worker_status.get("state")
+                if state != before and before is not None:  # one line per change, not per status
+                    error = self.worker_status.get("last_error")
+                    logger.info(
+                        "stream %s: %s -> %s%s",
+                        self.config.name,
+                        before,
+                        state,
+                        f" ({error})" if error else "",
+                    )
             elif kind == "events":
                 for event in message[1]:
                     self._add_event(event)

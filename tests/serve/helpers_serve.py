@@ -15,9 +15,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
+if TYPE_CHECKING:  # httpx is a test dependency of the service tests only (dev extra)
+    import httpx
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -78,6 +79,8 @@ class Service:
         env.setdefault("VISTREAM_SHARED", str(REPO_ROOT.parent / "shared"))
         command = [sys.executable, "-m", "engine.cli", "serve", "--data", str(self.data_dir)]
         command += ["--port", str(self.port), *self.extra]
+        import httpx
+
         started_s = time.monotonic()
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
@@ -114,6 +117,8 @@ class Service:
 
     def client(self, **kwargs: Any) -> httpx.Client:
         """An HTTP client for the service."""
+        import httpx
+
         return httpx.Client(base_url=self.base_url, timeout=15, **kwargs)
 
     def __enter__(self) -> Service:

@@ -10,11 +10,15 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
 from tests.serve.helpers_serve import REPO_ROOT, Service, stream_state, wait_for, write_pipelines
+
+for _module in ("fastapi", "uvicorn"):
+    pytest.importorskip(_module, reason=f"{_module} is not installed (the serve extra)")
+httpx = pytest.importorskip("httpx", reason="httpx is not installed (the dev extra)")
+
 
 pytestmark = [pytest.mark.slow, pytest.mark.gst]
 

@@ -15,6 +15,10 @@ import yaml
 
 from tests.serve.helpers_serve import Service, stream_state, wait_for, write_pipelines
 
+for _module in ("fastapi", "uvicorn", "httpx"):
+    pytest.importorskip(_module, reason=f"{_module} is not installed (the serve and dev extras)")
+
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.gst]
 
 CHROMIUM = "/usr/bin/chromium"
