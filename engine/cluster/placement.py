@@ -69,7 +69,12 @@ class RayPlacement:
         Raises:
             ConfigError: The cluster cannot be reached.
         """
-        import ray
+        try:
+            import ray
+        except ImportError as error:
+            raise ConfigError(
+                f"--cluster needs the 'cluster' extra (pip install 'vistream[cluster]'): {error}"
+            ) from error
 
         from engine.cluster.actor import StreamActor
 

@@ -66,6 +66,7 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    pytest.importorskip("ray", reason="the cluster tests need the 'cluster' extra (ray)")
     reason = netns_unavailable()
     if reason is not None:
         pytest.skip(reason)
