@@ -1,6 +1,7 @@
 """`vistream serve --cluster` on a real local Ray cluster: ten streams over a head and a worker
 node, a stream moved by the API, the worker node's raylet killed by PID, every stream running
-again on the head within the promised time, with the gap marked and no event dropped.
+again on the head within the promised time, with the gap marked and no event dropped; then a
+new node joins and takes new streams.
 
 One module-scoped cluster (starting Ray dominates the time: minutes on a loaded 2-core box).
 """
@@ -38,9 +39,23 @@ START_TIMEOUT_S = 300.0
 class Cluster:
     """The running pieces and what the test measured."""
 
-    def __init__(self, netns: Netns, head: RayNode, worker: RayNode, service: NetnsService) -> None:
-        self.netns, self.head, self.worker, self.service = netns, head, worker, service
+    def __init__(self, netns: Netns, nodes: list[RayNode], service: NetnsService, temp_dir: Path) -> None:
+        self.netns, self.nodes_started, self.service, self.temp_dir = netns, nodes, service, temp_dir
+        self.head, self.worker = nodes
         self.timings: dict[str, float] = {}
+
+    def add_node(self) -> RayNode:
+        """Start another worker node (stopped with the others at the end)."""
+        node = RayNode(
+            self.netns,
+            temp_dir=self.temp_dir,
+            log_path=self.service.data_dir.parent / f"node{len(self.nodes_started)}.log",
+            head=False,
+            cpus=12,
+            worker_ports=(23000, 23499),
+        )
+        self.nodes_started.append(node)
+        return node
 
     def streams(self) -> dict[str, dict[str, Any]]:
         response = self.service.request("GET", "/api/streams")
@@ -110,7 +125,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 "5",
             )
             service.wait_healthy()
-            running = Cluster(netns, head, worker, service)
+            running = Cluster(netns, nodes, service, temp_dir)
             running.wait(lambda: len([n for n in running.nodes() if n["alive"]]) == 2, 240, "two nodes alive")
             running.timings["cluster_and_service_up_s"] = round(time.monotonic() - started_s, 1)
             yield running
@@ -132,10 +147,10 @@ def test_streams_spread_move_and_fail_over_to_the_head(cluster: Cluster) -> None
         assert response.status_code == 201, response.text
     added_s = time.monotonic()
 
-    def all_running() -> dict[str, dict[str, Any]] | None:
+    def all_running(count: int = len(STREAMS)) -> dict[str, dict[str, Any]] | None:
         views = cluster.streams()
         ok = all(view["state"] == "running" and view["fps"] > 0 and view["node"] for view in views.values())
-        return views if ok and len(views) == len(STREAMS) else None
+        return views if ok and len(views) == count else None
 
     views = cluster.wait(all_running, START_TIMEOUT_S, "ten streams running")
     cluster.timings["ten_streams_running_s"] = round(time.monotonic() - added_s, 1)
@@ -200,6 +215,28 @@ def test_streams_spread_move_and_fail_over_to_the_head(cluster: Cluster) -> None
         else:
             assert views[name]["worker_restarts"] == 0, views[name]
             assert "source_reconnected" not in types, (name, types)
+
+    # A node joins: new streams go there too (SPREAD), the running ones stay where they are.
+    joined_s = time.monotonic()
+    cluster.add_node().raylet_pid()
+    alive = cluster.wait(
+        lambda: _alive(cluster) if len(_alive(cluster)) == 2 else None, 240, "a new node alive"
+    )
+    new_id = next(node["node"] for node in alive if node["node"] != head_id)
+    cluster.timings["node_join_s"] = round(time.monotonic() - joined_s, 1)
+    for name in ("late0", "late1"):
+        response = cluster.service.request(
+            "POST", "/api/streams", json={"name": name, "uri": URI, "pipeline": "plain"}
+        )
+        assert response.status_code == 201, response.text
+    views = cluster.wait(lambda: all_running(len(STREAMS) + 2), START_TIMEOUT_S, "the late streams running")
+    assert new_id in {views[name]["node"] for name in ("late0", "late1")}, views
+    assert all(views[name]["node"] == head_id for name in STREAMS)
+    print(f"\ncluster timings (s): {cluster.timings}")
+
+
+def _alive(cluster: Cluster) -> list[dict[str, Any]]:
+    return [node for node in cluster.nodes() if node["alive"]]
 
 
 def _events(cluster: Cluster, name: str) -> list[dict[str, Any]]:
