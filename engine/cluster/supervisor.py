@@ -92,7 +92,8 @@ class RayStreamSupervisor:
     def stop(self, timeout_s: float = 15.0) -> None:
         """Stop the pipeline (outputs finalized), then end the actor for good."""
         self._stopping.set()
-        self._thread.join(POLL_TIMEOUT_S + 1.0)
+        if self._thread.ident is not None:  # started (creating the actor may have failed first)
+            self._thread.join(POLL_TIMEOUT_S + 1.0)
         with self._actor_lock:
             actor, self._actor = self._actor, None
         if actor is not None:
