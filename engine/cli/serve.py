@@ -3,6 +3,7 @@
 Usage::
 
     vistream serve [--host 127.0.0.1] [--port 8080] [--data DIR] [--token TOKEN]
+                   [--cluster auto|HOST:PORT|ray://HOST:10001 [--stream-cpus 1] [--stream-gpus 0]]
 
 Then open http://127.0.0.1:8080/ (the API's docs are at /docs). Streams added through the
 API or the page are stored under ``--data`` and resumed when the service starts again.
@@ -54,6 +55,28 @@ def add_subcommand(subparsers: Any) -> None:
     parser.add_argument(
         "--jpeg-quality", type=int, default=80, help="JPEG quality of snapshots and live frames"
     )
+    parser.add_argument(
+        "--cluster",
+        default=None,
+        metavar="ADDRESS",
+        help="run each stream's worker as a Ray actor on this cluster: auto, HOST:PORT of the head, "
+        "or ray://HOST:10001 (see README 'Running on a cluster')",
+    )
+    parser.add_argument(
+        "--cluster-data",
+        type=Path,
+        default=None,
+        help="the data directory as the cluster's nodes see it (shared storage; default --data)",
+    )
+    parser.add_argument(
+        "--stream-cpus", type=float, default=1.0, help="logical CPUs each stream reserves on the cluster"
+    )
+    parser.add_argument(
+        "--stream-gpus",
+        type=float,
+        default=0.0,
+        help="GPUs each stream reserves on the cluster (0.25: a quarter)",
+    )
     parser.add_argument("--access-log", action="store_true", help="log every HTTP request (tokens masked)")
     parser.add_argument("--quiet", action="store_true", help="warnings only")
     parser.set_defaults(handler=serve_command)
@@ -80,9 +103,26 @@ def serve_command(args: argparse.Namespace) -> int:
     # The workers are fresh interpreters: glibc reads this when they start (see limit_malloc_arenas).
     os.environ.setdefault("MALLOC_ARENA_MAX", "2")
     level = logging.getLogger().getEffectiveLevel()
+    placement = None
+    if args.cluster is not None:
+        from engine.cluster.placement import RayPlacement
+
+        placement = RayPlacement(
+            args.cluster,
+            data_dir=(args.cluster_data or args.data).resolve(),
+            cpus_per_stream=args.stream_cpus,
+            gpus_per_stream=args.stream_gpus,
+            jpeg_quality=args.jpeg_quality,
+            log_level=level,
+        )
+        placement.connect()
     try:
         service = StreamService(
-            args.data, live_fps=args.live_fps, jpeg_quality=args.jpeg_quality, log_level=level
+            args.data,
+            live_fps=args.live_fps,
+            jpeg_quality=args.jpeg_quality,
+            log_level=level,
+            placement=placement,
         )
     except OSError as error:
         raise ConfigError(f"cannot use data directory {args.data}: {error.strerror}") from error
@@ -101,7 +141,11 @@ def serve_command(args: argparse.Namespace) -> int:
         server_header=False,
     )
     logger.info("serving on http://%s:%d/ (data in %s)", args.host, args.port, service.data_dir)
-    uvicorn.Server(config).run()
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        if placement is not None:
+            placement.close()
     return 0
 
 

@@ -75,6 +75,13 @@ class StreamIn(BaseModel):
     enabled: StrictBool = True
 
 
+class MoveIn(BaseModel):
+    """Where to move a stream's worker: a node's id, a unique id prefix or its address."""
+
+    model_config = ConfigDict(extra="forbid")
+    node: str = Field(min_length=1, max_length=128)
+
+
 class StreamPatch(BaseModel):
     """Changes to a stream; only the keys given change. ``calibration: null`` restores the pipeline's."""
 
@@ -204,6 +211,16 @@ def create_app(
         """Stop a stream's worker and remove the stream (its outputs stay on disk)."""
         service.delete(name)
         return Response(status_code=204)
+
+    @app.post("/api/streams/{name}/move", tags=["cluster"], dependencies=guarded)
+    def move_stream(name: str, body: MoveIn) -> dict[str, Any]:
+        """Move the stream's worker to another node of the cluster (outputs finalized first)."""
+        return service.move(name, body.node)
+
+    @app.get("/api/nodes", tags=["cluster"])
+    def nodes() -> list[dict[str, Any]]:
+        """The cluster's nodes (alive or lost) and the streams running on each."""
+        return service.nodes()
 
     @app.get("/api/streams/{name}/snapshot.jpg", tags=["video"], dependencies=guarded)
     def snapshot(name: str, raw: bool = False) -> Response:

@@ -58,10 +58,18 @@ class StreamService:
         live_fps: Most live-view frames a second per stream.
         jpeg_quality: JPEG quality of snapshots and live frames.
         log_level: Logging level of the worker processes.
+        placement: Where workers run instead of local child processes: an
+            :class:`engine.cluster.placement.RayPlacement` (``--cluster``), or None.
     """
 
     def __init__(
-        self, data_dir: Path, *, live_fps: float = 10.0, jpeg_quality: int = 80, log_level: int = logging.INFO
+        self,
+        data_dir: Path,
+        *,
+        live_fps: float = 10.0,
+        jpeg_quality: int = 80,
+        log_level: int = logging.INFO,
+        placement: Any = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.catalog = PipelineCatalog(self.data_dir)
@@ -69,7 +77,8 @@ class StreamService:
         self.live_fps = live_fps
         self.jpeg_quality = jpeg_quality
         self.log_level = log_level
-        self._supervisors: dict[str, StreamSupervisor] = {}
+        self.placement = placement
+        self._supervisors: dict[str, Any] = {}
         self._lock = threading.RLock()  # one change at a time: add/patch/delete
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -93,7 +102,8 @@ class StreamService:
         self.registry.close()
 
     def _start_worker(self, config: StreamConfig, restarts: int = 0) -> None:
-        supervisor = StreamSupervisor(
+        make = StreamSupervisor if self.placement is None else self.placement.supervisor
+        supervisor = make(
             config,
             data_dir=self.data_dir,
             live_fps=self.live_fps,
@@ -192,7 +202,33 @@ class StreamService:
             self.registry.delete(name)
         logger.info("stream %s removed", name)
 
-    def supervisor(self, name: str) -> StreamSupervisor:
+    def move(self, name: str, node: str) -> dict[str, Any]:
+        """Move a running stream's worker to another cluster node; returns its view.
+
+        Raises:
+            NotFoundError: No such stream.
+            ConflictError: Not on a cluster, or the stream is disabled.
+            ConfigError: No alive node matches ``node``.
+        """
+        if self.placement is None:
+            raise ConflictError("streams can be moved only on a cluster (vistream serve --cluster)")
+        with self._lock:
+            supervisor = self.supervisor(name)
+            supervisor.move(self.placement.resolve_node(node))
+        return self.get(name)
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """The cluster's nodes and the streams on each (one local node without a cluster)."""
+        if self.placement is None:
+            return [{"node": "local", "alive": True, "streams": self.names()}]
+        nodes = self.placement.nodes()
+        for node in nodes:
+            node["streams"] = sorted(
+                name for name, each in self._supervisors.items() if each.status().get("node") == node["node"]
+            )
+        return nodes
+
+    def supervisor(self, name: str) -> Any:
         """The running worker's supervisor.
 
         Raises:
@@ -205,7 +241,7 @@ class StreamService:
             raise ConflictError(f"stream {name!r} is disabled; enable it first")
         return supervisor
 
-    def supervisors(self) -> list[StreamSupervisor]:
+    def supervisors(self) -> list[Any]:
         """The supervisors of the running streams (a replaced one is no longer among them)."""
         return list(self._supervisors.values())
 

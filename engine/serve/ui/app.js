@@ -104,7 +104,7 @@ async function dashboard() {
         <td class="num">${s.dropped ?? 0}</td>
         <td class="num">${s.reconnects ?? 0}</td>
         <td class="num">${s.worker_restarts ?? 0}</td>
-        <td class="num">${s.pid ?? "–"}</td>
+        <td class="num">${s.pid ?? "–"}${s.node ? ` <span title="cluster node ${esc(s.node)}">@ ${esc(s.node_ip || "")} ${esc(s.node.slice(0, 8))}</span>` : ""}</td>
         <td class="error">${esc(s.last_error || "")}</td>
         <td><a href="#/streams/${encodeURIComponent(s.name)}">live</a> ·
             <a href="#/streams/${encodeURIComponent(s.name)}/calibrate">calibrate</a> ·
@@ -147,6 +147,7 @@ function live(name) {
       ["frame age p50 / p99", `${fmt(s.frame_age_p50_ms, 0)} / ${fmt(s.frame_age_p99_ms, 0)} ms`],
       ["frames", s.frames], ["dropped", s.dropped], ["reconnects", s.reconnects], ["worker restarts", s.worker_restarts],
       ["pid", s.pid ?? "–"], ["size", s.width ? `${s.width}×${s.height}` : "–"], ["calibration", s.calibration ? "own (editor)" : "pipeline's"],
+      ...(s.node ? [["cluster node", `${s.node.slice(0, 12)} (${s.node_ip})`], ["moves", s.moves ?? 0]] : []),
       ["last error", s.last_error || "–"]];
     document.getElementById("facts").innerHTML = facts.map(([k, v]) => `<dt>${esc(k)}</dt><dd>${esc(v)}</dd>`).join("");
   });
