@@ -35,3 +35,12 @@ lint: setup
 
 clean:
 	rm -rf $(VENV) out
+
+# The Triton Inference Server for `pytest -m triton` and benchmarks/triton_compare.py: PyTriton's
+# Triton 2.51 binary in its own virtualenv (it needs numpy<2; ~450 MB, ~35-100 s). Idempotent;
+# the test fixture calls the same function when the venv is missing, so this only installs early.
+TRITON_VENV ?= .venv-triton
+
+.PHONY: triton-server
+triton-server: setup
+	$(VENV)/bin/python -c "from engine.backends.triton_server import install_server_venv as i; i('$(TRITON_VENV)')"
