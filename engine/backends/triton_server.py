@@ -75,8 +75,8 @@ def install_server_venv(venv: str | Path, *, python: str | None = None) -> Path:
         ModelError: The virtualenv or a package cannot be installed.
     """
     venv = Path(venv).absolute()
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    with open(venv.parent / f".{venv.name}.lock", "w") as lock:
+    venv.mkdir(parents=True, exist_ok=True)  # `python -m venv` fills an existing directory
+    with open(venv / ".install.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (venv / _MARKER).is_file():
             return venv
@@ -338,14 +338,16 @@ class LocalTritonServer:
         return " | ".join((errors or lines)[-3:])
 
     def kill(self) -> None:
-        """Kill the server at once (SIGKILL), as a crash would.
+        """Kill the server and its backend stubs at once (SIGKILL), as a crash would.
 
         A killed server cannot remove the shared-memory files its Python backend made in
         ``/dev/shm``; those that appeared since :meth:`start` are removed here.
         """
         if self._process is None:
             return
-        self._process.send_signal(signal.SIGKILL)
+        # The whole process group (the server leads it: start_new_session): a SIGKILLed server
+        # cannot stop its Python-backend stub processes, which would otherwise live on.
+        os.killpg(self._process.pid, signal.SIGKILL)
         self._process.wait(timeout=30)
         self._process = None
         for path in _backend_shm_files() - self._shm_before:
@@ -363,7 +365,7 @@ class LocalTritonServer:
             logger.warning(
                 "tritonserver pid %d ignored SIGTERM for %.0f s: killing it", process.pid, timeout_s
             )
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)  # the server and its backend stubs
             process.wait(timeout=30)
 
     def __enter__(self) -> LocalTritonServer:

@@ -300,6 +300,19 @@ def test_type_mismatch_and_unreachable_server(server: LocalTritonServer) -> None
         load_backend(_uri(server, "grpc", "yolo11n"), half=True)
 
 
+def _live_group_members(pgid: int) -> list[int]:
+    """Processes of a process group that are still running (zombies excluded)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":  # fields: state, ppid, pgrp, ...
+            members.append(int(stat.parent.name))
+    return members
+
+
 @pytest.mark.slow
 def test_server_killed_mid_run_follows_on_error_and_reconnects(server_venv: Path, tmp_path: Path) -> None:
     repository = tmp_path / "models"
@@ -308,8 +321,11 @@ def test_server_killed_mid_run_follows_on_error_and_reconnects(server_venv: Path
     images = read_frames(HIGHWAY, list(range(0, 300, 12)))  # 25 frames
     uri = f"triton://{triton.grpc_url}/yolo11n"
 
+    killed: list[int] = []
+
     def on_batch(batch: Batch) -> None:  # runs on the pipeline thread, after frame k is written
         if batch[0].index == 9:
+            killed.append(int(triton.pid or 0))
             triton.kill()  # SIGKILL, as a crash
         elif batch[0].index == 14:
             triton.start()  # same ports; blocks until ready
@@ -325,6 +341,7 @@ def test_server_killed_mid_run_follows_on_error_and_reconnects(server_venv: Path
         assert "is unreachable" in str(sink.frames[10].skipped_reason)
         assert all("objects" in frame.layers for frame in sink.frames if frame.index not in skipped)
         assert sum(len(frame.layers["objects"]) for frame in sink.frames[15:]) > 0
+        assert not _live_group_members(killed[0])  # no orphaned backend stub is left running
 
         triton.stop()  # under "fail" a dead server stops the run with one clear line
         failing = Pipeline([NamedStage("detect", YoloDetector(model=uri))], PipelineSettings(on_error="fail"))
