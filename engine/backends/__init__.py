@@ -37,7 +37,7 @@ TRITON_BACKEND = ("Triton", "engine.backends.triton:TritonBackend")
 
 def is_model_uri(model: str | Path) -> bool:
     """True when ``model`` names a served model (``triton://...``) rather than a file."""
-    from engine.backends.triton import is_triton_uri
+    from engine.backends.triton_uri import is_triton_uri
 
     return is_triton_uri(model)
 

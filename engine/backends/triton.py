@@ -28,23 +28,21 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 
 from engine.backends.base import TensorSpec
 from engine.backends.triton_shm import ShmRegions, shapes_and_types
+from engine.backends.triton_uri import SCHEMES, TritonTarget, is_triton_uri, parse_triton_uri
 from engine.checks import check_choice, check_number, check_optional_int
 from engine.device import Device, parse_device
 from engine.errors import ConfigError, ModelError
 
 logger = logging.getLogger(__name__)
 
-#: URI schemes -> protocol.
-SCHEMES = {"triton": "grpc", "triton+grpc": "grpc", "triton+http": "http"}
-_DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
+__all__ = ["SCHEMES", "TritonBackend", "TritonTarget", "is_triton_uri", "parse_triton_uri"]
+
 _TRITON_TO_NUMPY = {
     "FP32": "float32",
     "FP16": "float16",
@@ -56,51 +54,6 @@ _TRITON_TO_NUMPY = {
     "BOOL": "bool",
 }
 _NUMPY_TO_TRITON = {value: key for key, value in _TRITON_TO_NUMPY.items()}
-
-
-@dataclass(frozen=True)
-class TritonTarget:
-    """Where a model is served: protocol, ``host:port``, model name and version ("" = latest)."""
-
-    protocol: str
-    url: str
-    model: str
-    version: str = ""
-
-    def __str__(self) -> str:
-        scheme = "triton" if self.protocol == "grpc" else "triton+http"
-        return f"{scheme}://{self.url}/{self.model}" + (f"/{self.version}" if self.version else "")
-
-
-def is_triton_uri(value: object) -> bool:
-    """True for a string that starts with one of the :data:`SCHEMES`."""
-    return isinstance(value, str) and value.split("://", 1)[0].lower() in SCHEMES and "://" in value
-
-
-def parse_triton_uri(uri: str) -> TritonTarget:
-    """Parse ``triton[+http|+grpc]://HOST[:PORT]/MODEL[/VERSION]``.
-
-    The port defaults to Triton's (8001 gRPC, 8000 HTTP); the version to the server's policy
-    (usually the latest).
-
-    Raises:
-        ConfigError: The URI is malformed.
-    """
-    parts = urlsplit(uri)
-    protocol = SCHEMES.get(parts.scheme.lower())
-    path = [part for part in parts.path.split("/") if part]
-    if protocol is None or not parts.hostname or not 1 <= len(path) <= 2 or parts.query or parts.fragment:
-        raise ConfigError(
-            f"malformed Triton model URI {uri!r}: expected triton[+http]://HOST:PORT/MODEL[/VERSION]"
-        )
-    try:
-        port = parts.port or _DEFAULT_PORTS[protocol]
-    except ValueError as error:
-        raise ConfigError(f"malformed Triton model URI {uri!r}: {error}") from error
-    version = path[1] if len(path) == 2 else ""
-    if version and not version.isdigit():
-        raise ConfigError(f"Triton model version must be a number in {uri!r}, got {version!r}")
-    return TritonTarget(protocol, f"{parts.hostname}:{port}", path[0], version)
 
 
 def _one_line(error: BaseException) -> str:
