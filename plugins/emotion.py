@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.backends import load_backend
+from engine.backends import is_model_uri, load_backend
 from engine.errors import ConfigError, StageError
 from engine.frame import NO_TRACK_ID, Batch
 from engine.stage import BaseStage, Context
@@ -134,7 +134,7 @@ class EmotionClassifier(BaseStage):
     def __init__(
         self,
         *,
-        model: Path,
+        model: Path | str,
         layer: str = "faces",
         threshold: float = 0.0,
         labels: list[str] | None = None,
@@ -153,7 +153,8 @@ class EmotionClassifier(BaseStage):
         """Configure the classifier (cheap; the model is loaded in ``open``).
 
         Args:
-            model: Classifier file (``.onnx``, or any type the backends load).
+            model: Classifier file (``.onnx``, or any type the backends load), or a
+                ``triton://HOST:PORT/MODEL`` URI.
             layer: Face layer to read and annotate.
             threshold: Top probability below which the answer is ``unknown``, in [0, 1].
             labels: Class names in output order (default: from the model's metadata).
@@ -180,7 +181,7 @@ class EmotionClassifier(BaseStage):
             raise ConfigError(f"track_max_age_frames must be >= 0, got {track_max_age_frames}")
         if labels is not None and (not labels or UNKNOWN in labels):
             raise ConfigError(f"labels must be a non-empty list without '{UNKNOWN}', got {labels}")
-        self.model = Path(model)
+        self.model: Path | str = model if is_model_uri(model) else Path(model)
         self.layer = layer
         self.threshold = float(threshold)
         self._overrides: dict[str, Any] = {
@@ -223,7 +224,7 @@ class EmotionClassifier(BaseStage):
             )
         logger.info(
             "emotion classifier %s: %d classes (%s), %s %dx%d, batch %s",
-            self.model.name,
+            self.model.name if isinstance(self.model, Path) else self.model,
             len(self.spec.labels),
             ", ".join(self.spec.labels),
             self.spec.color,

@@ -1,6 +1,7 @@
-"""Inference backends, chosen by the model file's type.
+"""Inference backends, chosen by the model file's type (or a ``triton://`` URI).
 
-``load_backend("yolo.onnx", device="cpu")`` returns a loaded :class:`InferenceBackend`.
+``load_backend("yolo.onnx", device="cpu")`` returns a loaded :class:`InferenceBackend`;
+``load_backend("triton://127.0.0.1:8001/yolo11n")`` one whose model runs on a Triton server.
 Each suffix maps to a ``"module:Class"`` path that is imported only when a model of that
 type is loaded, so a machine without TensorRT or torch can still run ONNX models. Adding a
 backend is one line in :data:`BACKENDS`.
@@ -18,7 +19,7 @@ from engine.device import Device
 from engine.errors import ConfigError, ModelError
 from engine.locations import describe_lookup
 
-__all__ = ["BACKENDS", "InferenceBackend", "TensorSpec", "load_backend"]
+__all__ = ["BACKENDS", "InferenceBackend", "TensorSpec", "is_model_uri", "load_backend"]
 
 #: Model file suffix -> (backend name for messages, ``"module:Class"`` or None while the
 #: backend is not written yet).
@@ -31,12 +32,24 @@ BACKENDS: dict[str, tuple[str, str | None]] = {
 }
 
 
-def load_backend(model_path: Path, *, device: str | Device = "cpu", **options: Any) -> InferenceBackend:
-    """Build the backend for a model file from its suffix and load the model.
+#: The backend for models given as a URI (see :mod:`engine.backends.triton`).
+TRITON_BACKEND = ("Triton", "engine.backends.triton:TritonBackend")
+
+
+def is_model_uri(model: str | Path) -> bool:
+    """True when ``model`` names a served model (``triton://...``) rather than a file."""
+    from engine.backends.triton_uri import is_triton_uri
+
+    return is_triton_uri(model)
+
+
+def load_backend(model_path: str | Path, *, device: str | Device = "cpu", **options: Any) -> InferenceBackend:
+    """Build the backend for a model file from its suffix (or for a model URI) and load it.
 
     Args:
         model_path: The model file: ``.onnx`` (ONNX Runtime), ``.engine``/``.plan``
-            (TensorRT, CUDA only), ``.pt``/``.torchscript`` (PyTorch).
+            (TensorRT, CUDA only), ``.pt``/``.torchscript`` (PyTorch); or a Triton URI,
+            ``triton://HOST:PORT/MODEL[/VERSION]`` (gRPC) or ``triton+http://...``.
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         **options: Backend-specific keyword options, for example ``intra_op_num_threads``
             for ONNX Runtime or ``half``/``cuda_graph``/``compile`` for PyTorch. Options set
@@ -46,9 +59,13 @@ def load_backend(model_path: Path, *, device: str | Device = "cpu", **options: A
         A backend whose model is loaded and ready to ``run``.
 
     Raises:
-        ModelError: The file is missing, its type is not supported, or it cannot be loaded.
-        ConfigError: An option is not accepted by the backend, or the device is malformed.
+        ModelError: The file is missing, its type is not supported, or it cannot be loaded
+            (for a URI: the server is unreachable or the model unknown or not ready).
+        ConfigError: An option is not accepted by the backend, the URI or the device is
+            malformed.
     """
+    if is_model_uri(model_path):
+        return _build(TRITON_BACKEND, str(model_path), device, options)
     path = Path(model_path)
     if not path.is_file():
         raise ModelError(f"model file not found: {path} ({describe_lookup('models')})")
@@ -61,6 +78,13 @@ def load_backend(model_path: Path, *, device: str | Device = "cpu", **options: A
     name, target = BACKENDS[suffix]
     if target is None:
         raise ModelError(f"the {name} backend for {suffix} is not available yet: {path}")
+    return _build((name, target), path, device, options)
+
+
+def _build(
+    backend: tuple[str, str], model: str | Path, device: str | Device, options: dict[str, Any]
+) -> InferenceBackend:
+    name, target = backend
     module_name, class_name = target.split(":")
     backend_class = getattr(importlib.import_module(module_name), class_name)
 
@@ -72,6 +96,6 @@ def load_backend(model_path: Path, *, device: str | Device = "cpu", **options: A
         raise ConfigError(
             f"the {name} backend does not accept option(s) {', '.join(unknown)}; valid: {valid}"
         )
-    backend = backend_class(path, device=device, **kwargs)
-    backend.load()
-    return backend  # type: ignore[no-any-return]
+    loaded = backend_class(model, device=device, **kwargs)
+    loaded.load()
+    return loaded  # type: ignore[no-any-return]
