@@ -1,7 +1,8 @@
 """The ``detect`` stage: Ultralytics YOLO detectors (YOLOv8 / YOLO11 exports).
 
-The model file picks the backend (``.onnx`` ONNX Runtime, ``.engine`` TensorRT, ``.pt``/
-``.torchscript`` PyTorch; see :func:`engine.backends.load_backend`). Class names, input size
+The model file picks the backend (``.onnx`` ONNX Runtime, ``.xml`` OpenVINO, ``.engine``
+TensorRT, ``.pt``/``.torchscript`` PyTorch; see :func:`engine.backends.load_backend`), or
+``backend:`` names it (``backend: openvino`` runs an ``.onnx`` file with OpenVINO). Class names, input size
 and stride come from the metadata Ultralytics writes into its exports (or its checkpoints),
 so any detector exported with ``yolo export format=onnx`` works without configuration.
 
@@ -43,8 +44,9 @@ from typing import Any
 import numpy as np
 import supervision as sv
 
-from engine.backends import load_backend
+from engine.backends import NAMED_BACKENDS, load_backend
 from engine.backends.base import InferenceBackend
+from engine.checks import check_choice
 from engine.errors import ConfigError, ModelError
 from engine.frame import OBJECTS_LAYER, Batch
 from engine.ops.cpu import letterbox_batch
@@ -97,8 +99,11 @@ class YoloDetector(BaseStage):
             their metadata); must equal the input size of a fixed-size model.
         half: Run a PyTorch model in float16 (CUDA only; ONNX/TensorRT models carry their
             precision in the file).
+        backend: Backend name overriding the model file's default (``onnxruntime``,
+            ``openvino``, ``tensorrt``, ``torch``); None picks by suffix.
         backend_options: Extra keyword options for the backend, for example
-            ``{cuda_graph: true}`` or ``{compile: true}`` for PyTorch models.
+            ``{cuda_graph: true}`` or ``{compile: true}`` for PyTorch models, or
+            ``{precision: f32}`` for OpenVINO.
 
     Raises:
         ConfigError: An argument is out of range or of the wrong type.
@@ -119,6 +124,7 @@ class YoloDetector(BaseStage):
         threads: int | None = None,
         imgsz: int | None = None,
         half: bool = False,
+        backend: str | None = None,
         backend_options: dict[str, Any] | None = None,
     ) -> None:
         for name, value in (("confidence", confidence), ("iou", iou)):
@@ -143,6 +149,8 @@ class YoloDetector(BaseStage):
             raise ConfigError(f"imgsz must be an integer >= 32 or null, got {imgsz!r}")
         if not isinstance(half, bool):
             raise ConfigError(f"half must be true or false, got {half!r}")
+        if backend is not None:
+            check_choice("backend", backend, NAMED_BACKENDS)
         if backend_options is not None and (
             not isinstance(backend_options, Mapping) or not all(isinstance(k, str) for k in backend_options)
         ):
@@ -157,6 +165,7 @@ class YoloDetector(BaseStage):
         self.threads = threads
         self.imgsz = imgsz
         self.half = half
+        self.backend_name = backend
         self.backend_options = dict(backend_options or {})
 
         self._backend: InferenceBackend | None = None
@@ -211,7 +220,7 @@ class YoloDetector(BaseStage):
         if self.half:
             options["half"] = True
         options.update(self.backend_options)
-        backend = load_backend(self.model, device=context.device, **options)
+        backend = load_backend(self.model, device=context.device, backend=self.backend_name, **options)
         self._torch_device = str(backend.device) if backend.device.is_cuda else None
         try:
             self._configure(backend)

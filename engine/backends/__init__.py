@@ -1,9 +1,10 @@
-"""Inference backends, chosen by the model file's type.
+"""Inference backends, chosen by the model file's type (or by name).
 
 ``load_backend("yolo.onnx", device="cpu")`` returns a loaded :class:`InferenceBackend`.
 Each suffix maps to a ``"module:Class"`` path that is imported only when a model of that
 type is loaded, so a machine without TensorRT or torch can still run ONNX models. Adding a
-backend is one line in :data:`BACKENDS`.
+backend is one line in :data:`BACKENDS` (and one in :data:`NAMED_BACKENDS` when it can also
+read a file type that another backend owns, as OpenVINO reads ``.onnx``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from engine.backends.base import InferenceBackend, TensorSpec
 from engine.device import Device
 from engine.errors import ConfigError, ModelError
 
-__all__ = ["BACKENDS", "InferenceBackend", "TensorSpec", "load_backend"]
+__all__ = ["BACKENDS", "NAMED_BACKENDS", "InferenceBackend", "TensorSpec", "load_backend"]
 
 #: Model file suffix -> (backend name for messages, ``"module:Class"`` or None while the
 #: backend is not written yet).
@@ -27,16 +28,29 @@ BACKENDS: dict[str, tuple[str, str | None]] = {
     ".plan": ("TensorRT", "engine.backends.tensorrt:TensorRTBackend"),
     ".pt": ("PyTorch", "engine.backends.torch:TorchBackend"),
     ".torchscript": ("PyTorch", "engine.backends.torch:TorchBackend"),
+    ".xml": ("OpenVINO", "engine.backends.openvino:OpenVinoBackend"),
+}
+
+#: ``backend:`` name -> (name for messages, ``"module:Class"``, suffixes it reads).
+NAMED_BACKENDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "onnxruntime": ("ONNX Runtime", "engine.backends.onnxruntime:OnnxRuntimeBackend", (".onnx",)),
+    "openvino": ("OpenVINO", "engine.backends.openvino:OpenVinoBackend", (".xml", ".onnx")),
+    "tensorrt": ("TensorRT", "engine.backends.tensorrt:TensorRTBackend", (".engine", ".plan")),
+    "torch": ("PyTorch", "engine.backends.torch:TorchBackend", (".pt", ".torchscript")),
 }
 
 
-def load_backend(model_path: Path, *, device: str | Device = "cpu", **options: Any) -> InferenceBackend:
-    """Build the backend for a model file from its suffix and load the model.
+def load_backend(
+    model_path: Path, *, device: str | Device = "cpu", backend: str | None = None, **options: Any
+) -> InferenceBackend:
+    """Build the backend for a model file from its suffix (or ``backend``) and load the model.
 
     Args:
-        model_path: The model file: ``.onnx`` (ONNX Runtime), ``.engine``/``.plan``
-            (TensorRT, CUDA only), ``.pt``/``.torchscript`` (PyTorch).
+        model_path: The model file: ``.onnx`` (ONNX Runtime), ``.xml`` (OpenVINO IR),
+            ``.engine``/``.plan`` (TensorRT, CUDA only), ``.pt``/``.torchscript`` (PyTorch).
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        backend: A name from :data:`NAMED_BACKENDS` to override the suffix's default, for
+            example ``"openvino"`` for an ``.onnx`` file; None picks by suffix.
         **options: Backend-specific keyword options, for example ``intra_op_num_threads``
             for ONNX Runtime or ``half``/``cuda_graph``/``compile`` for PyTorch. Options set
             to None are left at the backend's default.
@@ -58,6 +72,15 @@ def load_backend(model_path: Path, *, device: str | Device = "cpu", **options: A
             f"unsupported model file type {suffix or '(no suffix)'!r} for {path}; supported: {supported}"
         )
     name, target = BACKENDS[suffix]
+    if backend is not None:
+        if backend not in NAMED_BACKENDS:
+            raise ConfigError(f"backend: expected one of {', '.join(NAMED_BACKENDS)}, got {backend!r}")
+        name, target, suffixes = NAMED_BACKENDS[backend]
+        if suffix not in suffixes:
+            raise ConfigError(
+                f"the {name} backend does not read {suffix} files ({path.name}); "
+                f"it reads {', '.join(suffixes)}"
+            )
     if target is None:
         raise ModelError(f"the {name} backend for {suffix} is not available yet: {path}")
     module_name, class_name = target.split(":")
@@ -71,6 +94,6 @@ def load_backend(model_path: Path, *, device: str | Device = "cpu", **options: A
         raise ConfigError(
             f"the {name} backend does not accept option(s) {', '.join(unknown)}; valid: {valid}"
         )
-    backend = backend_class(path, device=device, **kwargs)
-    backend.load()
-    return backend  # type: ignore[no-any-return]
+    loaded = backend_class(path, device=device, **kwargs)
+    loaded.load()
+    return loaded  # type: ignore[no-any-return]
