@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import supervision as sv
 
-from engine.backends import NAMED_BACKENDS, load_backend
+from engine.backends import NAMED_BACKENDS, load_backend, preload_runtime
 from engine.backends.base import InferenceBackend
 from engine.checks import check_choice
 from engine.errors import ConfigError, ModelError
@@ -151,6 +151,7 @@ class YoloDetector(BaseStage):
             raise ConfigError(f"half must be true or false, got {half!r}")
         if backend is not None:
             check_choice("backend", backend, NAMED_BACKENDS)
+        preload_runtime(Path(model), backend=backend)  # before any source opens (see there)
         if backend_options is not None and (
             not isinstance(backend_options, Mapping) or not all(isinstance(k, str) for k in backend_options)
         ):

@@ -9,6 +9,7 @@ read a file type that another backend owns, as OpenVINO reads ``.onnx``).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 from pathlib import Path
@@ -18,7 +19,7 @@ from engine.backends.base import InferenceBackend, TensorSpec
 from engine.device import Device
 from engine.errors import ConfigError, ModelError
 
-__all__ = ["BACKENDS", "NAMED_BACKENDS", "InferenceBackend", "TensorSpec", "load_backend"]
+__all__ = ["BACKENDS", "NAMED_BACKENDS", "InferenceBackend", "TensorSpec", "load_backend", "preload_runtime"]
 
 #: Model file suffix -> (backend name for messages, ``"module:Class"`` or None while the
 #: backend is not written yet).
@@ -38,6 +39,40 @@ NAMED_BACKENDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "tensorrt": ("TensorRT", "engine.backends.tensorrt:TensorRTBackend", (".engine", ".plan")),
     "torch": ("PyTorch", "engine.backends.torch:TorchBackend", (".pt", ".torchscript")),
 }
+
+
+def _resolve(path: Path, backend: str | None) -> tuple[str, str | None]:
+    """(name for messages, ``"module:Class"``) of the backend for ``path``."""
+    suffix = path.suffix.lower()
+    name, target = BACKENDS.get(suffix, ("", None))
+    if backend is not None:
+        if backend not in NAMED_BACKENDS:
+            raise ConfigError(f"backend: expected one of {', '.join(NAMED_BACKENDS)}, got {backend!r}")
+        name, target, suffixes = NAMED_BACKENDS[backend]
+        if suffix not in suffixes:
+            raise ConfigError(
+                f"the {name} backend does not read {suffix} files ({path.name}); "
+                f"it reads {', '.join(suffixes)}"
+            )
+    return name, target
+
+
+def preload_runtime(model_path: Path, *, backend: str | None = None) -> None:
+    """Load the native runtime a model will need, before sources open (cheap: an import).
+
+    OpenVINO must be in the process before GStreamer: once GStreamer's plugins have loaded
+    their libraries, OpenVINO's first ``compile_model`` aborts the process (``dlSym cannot
+    locate method 'create_extensions'``, OpenVINO 2026.4 with Debian's GStreamer 1.22). A
+    stage calls this from its constructor, which runs before the pipeline opens its sources.
+    Missing packages are left for :func:`load_backend` to report.
+
+    Raises:
+        ConfigError: ``backend`` is unknown or does not read this file type.
+    """
+    name, _ = _resolve(Path(model_path), backend)
+    if name == "OpenVINO":
+        with contextlib.suppress(ImportError):
+            import openvino  # noqa: F401
 
 
 def load_backend(
@@ -71,16 +106,7 @@ def load_backend(
         raise ModelError(
             f"unsupported model file type {suffix or '(no suffix)'!r} for {path}; supported: {supported}"
         )
-    name, target = BACKENDS[suffix]
-    if backend is not None:
-        if backend not in NAMED_BACKENDS:
-            raise ConfigError(f"backend: expected one of {', '.join(NAMED_BACKENDS)}, got {backend!r}")
-        name, target, suffixes = NAMED_BACKENDS[backend]
-        if suffix not in suffixes:
-            raise ConfigError(
-                f"the {name} backend does not read {suffix} files ({path.name}); "
-                f"it reads {', '.join(suffixes)}"
-            )
+    name, target = _resolve(path, backend)
     if target is None:
         raise ModelError(f"the {name} backend for {suffix} is not available yet: {path}")
     module_name, class_name = target.split(":")

@@ -230,3 +230,24 @@ def test_ir_without_weights_and_wrong_inputs(ir: Path, tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="unknown input"):
         backend.run({"pixels": np.zeros((1, 3, 320, 320), np.float32)})
     backend.close()
+
+
+@pytest.mark.slow
+def test_vistream_run_on_an_ir_in_a_fresh_process(ir: Path, tmp_path: Path) -> None:
+    # A fresh process: OpenVINO must be loaded before GStreamer's plugins, or its first
+    # compile aborts the process (engine.backends.preload_runtime).
+    import subprocess
+    import sys
+
+    pipeline = tmp_path / "ov.yaml"
+    pipeline.write_text(
+        f"device: cpu\nworkers: 2\nstages:\n  - stage: detect\n    model: {ir}\n  - stage: track\n"
+    )
+    out = tmp_path / "out"
+    video = shared_path(HIGHWAY)
+    argv = [sys.executable, "-m", "engine.cli", "run", str(video), "--pipeline", str(pipeline)]
+    argv += ["--no-video", "--quiet", "--max-frames", "40", "--out", str(out)]
+    completed = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    summary = (out / "summary.json").read_text()
+    assert '"status": "completed"' in summary
