@@ -189,7 +189,7 @@ def child_ultralytics(video: Path, model: Path, frames: int, warmup: int) -> dic
 
 def run_cpu_tool(tool: str, args: Any, child_vistream: Any) -> dict[str, Any]:
     """One tool of :data:`CPU_TOOLS` in this (child) process."""
-    models = prepare_models(args.model, args.video, args.out.parent.parent / "models")
+    models = prepare_models(args.model.resolve(), args.video, (args.out.parent.parent / "models").resolve())
     model, backend = {
         "ort": (args.model, None),
         "ov": (args.model, "openvino"),

@@ -179,10 +179,16 @@ class OpenVinoBackend:
         self._local = threading.local()
         self._generation = 0  # bumped by close(): requests of an older compile are dropped
         self._load_lock = threading.Lock()
-        self.inference_precision = ""  # what OpenVINO chose, after load
+        self._inference_precision = ""
 
     def __repr__(self) -> str:
         return f"OpenVinoBackend({str(self._model_path)!r}, precision={self._precision!r})"
+
+    @property
+    def inference_precision(self) -> str:
+        """The precision OpenVINO runs float layers in (``bf16``, ``f32``...), after loading."""
+        self.load()
+        return self._inference_precision
 
     @property
     def model_path(self) -> Path:
@@ -285,13 +291,13 @@ class OpenVinoBackend:
         self._metadata = read_metadata(model, self._model_path)
         import openvino.properties.hint as hints
 
-        self.inference_precision = compiled.get_property(hints.inference_precision).to_string()
+        self._inference_precision = compiled.get_property(hints.inference_precision).to_string()
         self._compiled = compiled
         logger.info(
             "loaded %s with OpenVINO %s on the CPU (%s, %s stream(s), %s thread(s))",
             self._model_path.name,
             ov.__version__.split("-")[0],
-            self.inference_precision,
+            self._inference_precision,
             compiled.get_property("NUM_STREAMS"),
             compiled.get_property("INFERENCE_NUM_THREADS"),
         )
