@@ -19,6 +19,10 @@ NMS IoU 0.7), same classes (car, truck, bus, motorcycle), same camera calibratio
   package; supervision's own ``sv.ByteTrack`` moved there) -> ``ViewTransformer``
   (``cv2.getPerspectiveTransform``) -> per-track speed from the last second of positions;
 - ``ort`` (reference): ONNX Runtime ``session.run`` alone on pre-letterboxed frames.
+- the CPU configurations of :mod:`cpu_backends` (``vs_ort``, ``vs_ov``, ``vs_ov_int8``, their
+  model-only ``ceiling_*``, ``ul_onnx``, ``ul_openvino``): the ``default`` pipeline (detect +
+  track) on ONNX Runtime / OpenVINO bf16 / OpenVINO int8 against Ultralytics ``track()`` on
+  the same ONNX and on its OpenVINO model. Ratios are taken to the first tool listed.
 
 Each run is a fresh child process (so its peak RSS is its own) that processes the first
 ``--frames`` frames of the video once; the first ``--warmup`` of them warm the tool up (lazy
@@ -33,6 +37,8 @@ its capture -> sink figure also includes the read-ahead queue; reported separate
 
     python benchmarks/compare.py --out out/compare [--repeats 3] [--frames 1700]
                                  [--busy-processes 2]
+    python benchmarks/compare.py --out out/cpu --tools vs_ov_int8,vs_ov,vs_ort,ceiling_ov_int8,\
+        ceiling_ov,ceiling_ort,ul_onnx,ul_openvino
 
 ``--busy-processes N`` keeps N pure-Python busy loops running beside every run. It is a
 reproducible stand-in for a machine that does other work (a camera box rarely runs one
@@ -56,9 +62,11 @@ from pathlib import Path
 from typing import Any
 
 import common  # noqa: E402  (puts the repository root on sys.path)
+import cpu_backends
 import numpy as np
 
 TOOLS = ("vistream", "vistream_1_worker", "ultralytics", "ultralytics_track", "supervision", "ort")
+ALL_TOOLS = TOOLS + cpu_backends.CPU_TOOLS
 VEHICLES = ("car", "truck", "bus", "motorcycle")
 CONFIDENCE = 0.25
 IOU = 0.7
@@ -79,7 +87,13 @@ def _class_ids(names: dict[int, str]) -> list[int]:
 
 
 def child_vistream(
-    video: Path, frames: int, warmup: int, out: Path, draw: bool, workers: int | None = None
+    video: Path,
+    frames: int,
+    warmup: int,
+    out: Path,
+    draw: bool,
+    workers: int | None = None,
+    pipeline: str = "traffic",
 ) -> dict[str, Any]:
 
     from engine.config import load_pipeline
@@ -88,7 +102,7 @@ def child_vistream(
     from engine.sinks.outputs import open_outputs
     from engine.sources import open_source
 
-    spec = load_pipeline("traffic")
+    spec = load_pipeline(pipeline)
     spec = spec.override(workers=workers)
     pipeline = Pipeline.from_spec(spec, with_drawing=draw)
     recorder = TimelineRecorder([named.name for named in pipeline.stages])
@@ -291,7 +305,9 @@ def child_ort(video: Path, model: Path, frames: int, warmup: int) -> dict[str, A
 
 def run_child_tool(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.child == "vistream":
+    if args.child in cpu_backends.CPU_TOOLS:
+        result = cpu_backends.run_cpu_tool(args.child, args, child_vistream)
+    elif args.child == "vistream":
         result = child_vistream(args.video, args.frames, args.warmup, args.out, args.video_out)
     elif args.child == "vistream_1_worker":
         result = child_vistream(args.video, args.frames, args.warmup, args.out, args.video_out, workers=1)
@@ -329,6 +345,8 @@ def compare(
 
     runs: dict[str, list[dict[str, Any]]] = {tool: [] for tool in tools}
     machine = machine_description()
+    if set(tools) & set(cpu_backends.CPU_TOOLS):  # the int8 export, once, before any clock
+        cpu_backends.prepare_models(model, video, out / "models")
     with busy_loops(busy_processes):
         for round_index in range(repeats):  # each tool once per round, in a fresh process
             order = tools[round_index % len(tools) :] + tools[: round_index % len(tools)]
@@ -374,7 +392,7 @@ def compare(
         "busy_processes": busy_processes,
         "draw_and_write_video": draw,
         "thresholds": {"confidence": CONFIDENCE, "iou": IOU, "imgsz": IMGSZ, "classes": list(VEHICLES)},
-        "tools": _summarise(runs),
+        "tools": _summarise(runs, base=tools[0]),
     }
 
 
@@ -390,8 +408,8 @@ def busy_loops(count: int) -> Iterator[None]:
             loop.wait()
 
 
-def _summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Medians per tool, run-to-run spread, and ratios to vistream."""
+def _summarise(runs: dict[str, list[dict[str, Any]]], base: str = "vistream") -> dict[str, Any]:
+    """Medians per tool, run-to-run spread, and ratios to ``base`` (the first tool)."""
     summary: dict[str, Any] = {}
     for tool, tool_runs in runs.items():
         summary[tool] = {
@@ -414,10 +432,10 @@ def _summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
                 name: common.median(run["stage_p50_ms"][name] for run in tool_runs)
                 for name in tool_runs[0]["stage_p50_ms"]
             }
-    base = summary.get("vistream", {})
+    reference = summary.get(base, {})
     for values in summary.values():
         values["ratios_to_vistream"] = {
-            key: (round(values[key] / base[key], 3) if values.get(key) and base.get(key) else None)
+            key: (round(values[key] / reference[key], 3) if values.get(key) and reference.get(key) else None)
             for key in ("fps", "p50_ms", "p99_ms", "peak_rss_mb")
         }
     return summary
@@ -430,6 +448,7 @@ _DESCRIPTIONS = {
     "ultralytics_track": "Ultralytics `YOLO.track(video, stream=True)` alone (reference, no speed)",
     "supervision": "supervision speed example (YOLO + zone + trackers ByteTrack + ViewTransformer)",
     "ort": "ONNX Runtime `session.run` alone (reference)",
+    **cpu_backends.DESCRIPTIONS,
 }
 
 
@@ -464,13 +483,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         [
             "pipeline",
             "fps",
-            "fps ÷ vistream",
+            f"fps ÷ {next(iter(report['tools']))}",
             "latency p50 (ms)",
             "p95",
             "p99",
-            "p50 ÷ vistream",
+            "p50 ÷ first",
             "peak RSS (MB)",
-            "RSS ÷ vistream",
+            "RSS ÷ first",
             "unique track ids",
         ],
         rows,
@@ -537,12 +556,14 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--frames", type=int, default=1700, help="frames per run (1700: the whole video)")
     parser.add_argument("--warmup", type=int, default=30, help="frames each run processes before timing")
-    parser.add_argument("--tools", default=",".join(TOOLS), help=f"subset of {','.join(TOOLS)}")
+    parser.add_argument(
+        "--tools", default=",".join(TOOLS), help=f"some of {','.join(ALL_TOOLS)}; ratios to the first"
+    )
     parser.add_argument("--video-out", action="store_true", help="each tool draws and writes an MP4")
     parser.add_argument(
         "--busy-processes", type=int, default=0, help="busy-looping processes running beside every run (0)"
     )
-    parser.add_argument("--child", choices=TOOLS, help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=ALL_TOOLS, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -558,12 +579,10 @@ def main() -> int:
     if args.busy_processes < 0:
         parser.error(f"--busy-processes: expected 0 or more, got {args.busy_processes}")
     tools = [tool.strip() for tool in args.tools.split(",") if tool.strip()]
-    unknown = sorted(set(tools) - set(TOOLS))
-    if unknown:
-        parser.error(f"unknown tools {unknown}; expected some of {', '.join(TOOLS)}")
-    if "vistream" not in tools:
-        parser.error("vistream must be among the tools: ratios are taken to it")
-    for tool in ("ultralytics", "ultralytics_track", "supervision"):
+    unknown = sorted(set(tools) - set(ALL_TOOLS))
+    if unknown or not tools:
+        parser.error(f"unknown tools {unknown}; expected some of {', '.join(ALL_TOOLS)}")
+    for tool in ("ultralytics", "ultralytics_track", "supervision", "ul_onnx", "ul_openvino"):
         if tool in tools and not common.importable("ultralytics"):
             print(f"ultralytics is not installed: skipping {tool}", file=sys.stderr)
             tools.remove(tool)

@@ -1,9 +1,10 @@
 """The ``detect`` stage: Ultralytics YOLO detectors (YOLOv8 / YOLO11 exports).
 
-The model file picks the backend (``.onnx`` ONNX Runtime, ``.engine`` TensorRT, ``.pt``/
-``.torchscript`` PyTorch; see :func:`engine.backends.load_backend`); a
-``triton://HOST:PORT/MODEL`` URI runs the model on a Triton server (its config's
-``parameters`` carry the same metadata; see :mod:`engine.backends.triton`). Class names, input size
+The model file picks the backend (``.onnx`` ONNX Runtime, ``.xml`` OpenVINO, ``.engine``
+TensorRT, ``.pt``/``.torchscript`` PyTorch; see :func:`engine.backends.load_backend`), or
+``backend:`` names it (``backend: openvino`` runs an ``.onnx`` file with OpenVINO); a
+``triton://HOST:PORT/MODEL`` URI runs the model on a Triton server (see
+:mod:`engine.backends.triton`). Class names, input size
 and stride come from the metadata Ultralytics writes into its exports (or its checkpoints),
 so any detector exported with ``yolo export format=onnx`` works without configuration.
 
@@ -45,9 +46,9 @@ from typing import Any
 import numpy as np
 import supervision as sv
 
-from engine.backends import is_model_uri, load_backend
+from engine.backends import NAMED_BACKENDS, is_model_uri, load_backend, preload_runtime
 from engine.backends.base import InferenceBackend
-from engine.checks import check_bool, check_int, check_number, check_optional_int
+from engine.checks import check_bool, check_choice, check_int, check_number, check_optional_int
 from engine.errors import ConfigError, ModelError
 from engine.frame import OBJECTS_LAYER, Batch
 from engine.ops.cpu import letterbox_batch
@@ -101,8 +102,11 @@ class YoloDetector(BaseStage):
             their metadata); must equal the input size of a fixed-size model.
         half: Run a PyTorch model in float16 (CUDA only; ONNX/TensorRT models carry their
             precision in the file).
+        backend: Backend name overriding the model file's default (``onnxruntime``,
+            ``openvino``, ``tensorrt``, ``torch``); None picks by suffix.
         backend_options: Extra keyword options for the backend, for example
-            ``{cuda_graph: true}`` or ``{compile: true}`` for PyTorch models.
+            ``{cuda_graph: true}`` or ``{compile: true}`` for PyTorch models, or
+            ``{precision: f32}`` for OpenVINO.
 
     Raises:
         ConfigError: An argument is out of range or of the wrong type.
@@ -123,6 +127,7 @@ class YoloDetector(BaseStage):
         threads: int | None = None,
         imgsz: int | None = None,
         half: bool = False,
+        backend: str | None = None,
         backend_options: dict[str, Any] | None = None,
     ) -> None:
         check_number("confidence", confidence, low=0.0, high=1.0)
@@ -141,6 +146,9 @@ class YoloDetector(BaseStage):
         check_bool("agnostic_nms", agnostic_nms)
         check_optional_int("imgsz", imgsz, low=32)
         check_bool("half", half)
+        if backend is not None:
+            check_choice("backend", backend, NAMED_BACKENDS)
+        preload_runtime(model, backend=backend)  # before any source opens (see there)
         if backend_options is not None and (
             not isinstance(backend_options, Mapping) or not all(isinstance(k, str) for k in backend_options)
         ):
@@ -155,6 +163,7 @@ class YoloDetector(BaseStage):
         self.threads = threads
         self.imgsz = imgsz
         self.half = half
+        self.backend_name = backend
         self.backend_options = dict(backend_options or {})
 
         self._backend: InferenceBackend | None = None
@@ -214,7 +223,7 @@ class YoloDetector(BaseStage):
         if self.half:
             options["half"] = True
         options.update(self.backend_options)
-        backend = load_backend(self.model, device=context.device, **options)
+        backend = load_backend(self.model, device=context.device, backend=self.backend_name, **options)
         self._torch_device = str(backend.device) if backend.device.is_cuda else None
         try:
             self._configure(backend)

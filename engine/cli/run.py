@@ -173,8 +173,10 @@ def run_command(args: argparse.Namespace) -> int:
     else:
         raise ConfigError("no source: give SOURCE arguments or set 'source'/'sources' in the pipeline")
     ids = [source.id for source in sources]
-    feeds = [source.build() for source in sources]
+    # Stages first: a stage may load a native runtime that must precede GStreamer's plugins
+    # (OpenVINO, see engine.backends.preload_runtime).
     pipeline = Pipeline.from_spec(spec, with_drawing=not args.no_video)
+    feeds = [source.build() for source in sources]
     default_out = ids[0] if len(ids) == 1 else f"{ids[0]}+{len(ids) - 1}"
     out_dir: Path = args.out if args.out is not None else Path("out") / default_out
     outputs = open_published_outputs(

@@ -157,13 +157,16 @@ def run_configuration(
         duration_s: Stop this long after the first frame reached the sinks, or None.
     """
 
+    # Stages first: a stage may load a native runtime that must precede GStreamer's plugins
+    # (OpenVINO, see engine.backends.preload_runtime).
+    first: Pipeline | None = Pipeline.from_spec(spec, with_drawing=video)
     made = make_sources(source_uri, count, live=live, fps=fps)
     sources = [_InfoRecorder(source, f"cam{position}") for position, source in enumerate(made)]
     out_root = out_dir / "outputs" / f"streams_{count}"
     groups = [sources] if multi_source_supported() else [[source] for source in sources]
     lanes: list[_Lane] = []
     for group in groups:
-        pipeline = Pipeline.from_spec(spec, with_drawing=video)
+        pipeline, first = first or Pipeline.from_spec(spec, with_drawing=video), None
         recorder = TimelineRecorder([named.name for named in pipeline.stages])
         pipeline.observers.append(recorder)
         out_dir = out_root if len(groups) == 1 else out_root / group[0].source_id

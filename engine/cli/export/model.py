@@ -1,4 +1,4 @@
-"""``vistream export``: PyTorch/YAML → ONNX → TensorRT, each export checked against its source.
+"""``vistream export``: PyTorch/YAML → ONNX → TensorRT / OpenVINO, each export checked against its source.
 
 - ``.pt`` (Ultralytics checkpoint) or ``.yaml`` (architecture, random weights) → ONNX with
   Ultralytics' own exporter (offline: ``YOLO_OFFLINE``/``YOLO_AUTOINSTALL`` default to off,
@@ -7,6 +7,9 @@
 - ONNX → TensorRT with :mod:`engine.backends.trt_builder`, through the engine cache (an
   unchanged model on an unchanged GPU is never rebuilt). Not executed on this project's
   development machines (no TensorRT, no GPU).
+- ONNX → OpenVINO IR (fp32, or NNCF int8 with ``--int8 --calib``) and ONNX → ONNX Runtime
+  static int8 (``--format onnx --int8 --calib`` on an ``.onnx``): :mod:`engine.cli.export.quantize`,
+  gated by precision/recall of detections against the fp32 model on held-out frames.
 - Then the parity check (:mod:`engine.cli.export.parity`): the same frames through the source
   and the exported model; the command fails, showing the mismatch, when they disagree.
 
@@ -43,7 +46,9 @@ from engine.errors import ConfigError, ModelError
 logger = logging.getLogger(__name__)
 
 TORCH_SUFFIXES = (".pt", ".yaml", ".yml")
-FORMATS = ("onnx", "engine")
+FORMATS = ("onnx", "engine", "openvino")
+#: Held-out frames of the precision/recall gate of CPU int8/bf16 exports (without --check-frames).
+GATE_FRAMES = 48
 
 
 @dataclass(frozen=True)
@@ -65,8 +70,23 @@ class ExportOptions:
     cache_dir: Path | None = None
     check: bool = True
     check_source: Path | None = None
-    check_frames: int = 8
+    check_frames: int | None = None  # None: 8 for the parity check, GATE_FRAMES for the gate
     check_confidence: float = 0.25
+
+    @property
+    def parity_frames(self) -> int:
+        """Frames of the anchor-by-anchor parity check (ONNX, TensorRT)."""
+        return self.check_frames or 8
+
+    @property
+    def gate_frames(self) -> int:
+        """Held-out frames of the precision/recall gate (OpenVINO, ONNX Runtime int8)."""
+        return self.check_frames or GATE_FRAMES
+
+    @property
+    def cpu_export(self) -> bool:
+        """True for the exports of :mod:`engine.cli.export.quantize`."""
+        return self.format == "openvino" or (self.format == "onnx" and self.int8)
 
     @property
     def precision(self) -> str:
@@ -86,19 +106,33 @@ class ExportOptions:
             raise ConfigError(f"model file not found: {self.source}")
         if self.format not in FORMATS:
             raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
-        if suffix == ".onnx" and self.format == "onnx":
+        if suffix == ".onnx" and self.format == "onnx" and not self.int8:
             raise ConfigError(
-                f"{self.source} is already ONNX; use --format engine to build a TensorRT engine"
+                f"{self.source} is already ONNX; use --format engine to build a TensorRT engine, "
+                f"--format openvino for OpenVINO, or --int8 --calib SOURCE for ONNX Runtime int8"
             )
         if self.int8 and self.half:
             raise ConfigError("choose one of --half and --int8")
-        if self.int8 and (self.format != "engine" or self.calib is None):
-            raise ConfigError("--int8 builds a TensorRT engine: use --format engine --calib SOURCE")
+        if self.int8 and self.format == "onnx" and suffix != ".onnx":
+            raise ConfigError(
+                "--int8 with --format onnx quantizes an .onnx model for ONNX Runtime: export to ONNX "
+                "first, or use --format engine / openvino --calib SOURCE"
+            )
+        if self.int8 and self.calib is None:
+            raise ConfigError(
+                f"--int8 needs calibration frames: --format {self.format} --int8 --calib SOURCE"
+            )
+        if self.half and self.format == "openvino":
+            raise ConfigError("--half does not apply to OpenVINO: the precision is chosen at run time")
         if self.half and self.format == "onnx" and not str(self.device or "cpu").startswith("cuda"):
             raise ConfigError(
                 "an FP16 ONNX export runs on the GPU: add --device cuda (or use --format engine)"
             )
-        if self.batch < 1 or self.check_frames < 1 or self.calib_frames < 1:
+        if (
+            self.batch < 1
+            or (self.check_frames is not None and self.check_frames < 1)
+            or self.calib_frames < 1
+        ):
             raise ConfigError("--batch, --check-frames and --calib-frames must be positive")
         if self.imgsz is not None and (self.imgsz < 32 or self.imgsz % 32):
             raise ConfigError(f"--imgsz must be a positive multiple of 32, got {self.imgsz}")
@@ -238,6 +272,8 @@ def export_model(options: ExportOptions, *, raise_on_mismatch: bool = True) -> E
     from_torch = source.suffix.lower() in TORCH_SUFFIXES
     default_output = (Path.cwd() if source.suffix.lower() != ".pt" else source.parent) / source.stem
     output = options.output or default_output.with_suffix(f".{options.format}")
+    if options.cpu_export:
+        return _export_cpu(options)
     if from_torch:
         yolo = load_yolo(source)
         imgsz = options.imgsz or _square(ultralytics_metadata(yolo.model)["imgsz"])
@@ -273,7 +309,7 @@ def export_model(options: ExportOptions, *, raise_on_mismatch: bool = True) -> E
         candidate = OnnxRuntimeBackend(onnx_path, device="cuda" if options.half else "cpu")
 
     if options.check:
-        frames = check_frames(options.check_source or options.calib, options.check_frames)
+        frames = check_frames(options.check_source or options.calib, options.parity_frames)
         try:
             result.parity = compare_backends(
                 reference,
@@ -289,6 +325,28 @@ def export_model(options: ExportOptions, *, raise_on_mismatch: bool = True) -> E
         (logger.debug if result.parity.passed else logger.error)("%s", result.parity.summary())
         if raise_on_mismatch:
             raise_if_mismatch(result)
+    return result
+
+
+def _export_cpu(options: ExportOptions) -> ExportResult:
+    """OpenVINO IR or ONNX Runtime int8 (:mod:`engine.cli.export.quantize`), from ONNX."""
+    from engine.cli.export.quantize import export_cpu, openvino_output
+
+    source = options.source
+    if source.suffix.lower() in TORCH_SUFFIXES:
+        from engine.backends.torch import ultralytics_metadata
+
+        yolo = load_yolo(source)
+        imgsz = options.imgsz or _square(ultralytics_metadata(yolo.model)["imgsz"])
+        onnx_path = openvino_output(source, options.output, options.int8).with_suffix(".onnx")
+        export_onnx(yolo, onnx_path, imgsz=imgsz, device="cpu")
+    else:
+        onnx_path = source
+        imgsz = options.imgsz or _square(onnx_metadata(source).get("imgsz", 640))
+    output, report = export_cpu(options, onnx_path, imgsz)
+    result = ExportResult(output=output, onnx=onnx_path, imgsz=(imgsz, imgsz), parity=report)
+    if report is not None:
+        (logger.info if report.passed else logger.error)("%s", report.summary())
     return result
 
 
@@ -330,13 +388,19 @@ def add_subcommand(subparsers: Any) -> None:
     """Add ``vistream export``."""
     parser = subparsers.add_parser(
         "export",
-        help="export a YOLO model to ONNX or TensorRT and check it against its source",
+        help="export a YOLO model to ONNX, TensorRT or OpenVINO and check it against its source",
         description="Export a YOLO model (.pt, .yaml) to ONNX, or an ONNX model to a TensorRT engine, "
-        "then run the same frames through the source and the export and fail on any mismatch.",
+        "an OpenVINO IR (fp32 or NNCF int8) or ONNX Runtime static int8, then run the same frames "
+        "through the source and the export and fail on any mismatch (int8/bf16: precision and recall "
+        "of detections >= 0.95 on held-out frames).",
     )
     parser.add_argument("model", type=Path, help="a .pt checkpoint, a .yaml architecture or an .onnx model")
     parser.add_argument(
-        "--format", choices=FORMATS, default="onnx", help="onnx (default) or engine (TensorRT)"
+        "--format",
+        choices=FORMATS,
+        default="onnx",
+        help="onnx (default; with --int8 on an .onnx: ONNX Runtime static int8), engine (TensorRT), "
+        "openvino (IR; OUT a directory or an .xml)",
     )
     parser.add_argument(
         "-o", "--output", type=Path, default=None, help="output file (default: beside the model)"
@@ -348,7 +412,11 @@ def add_subcommand(subparsers: Any) -> None:
     parser.add_argument(
         "--half", action="store_true", help="FP16 (engine, or ONNX exported on --device cuda)"
     )
-    parser.add_argument("--int8", action="store_true", help="INT8 engine, calibrated on --calib")
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="INT8 (TensorRT, OpenVINO/NNCF or ONNX Runtime), calibrated on --calib",
+    )
     parser.add_argument("--calib", type=Path, default=None, help="video or image folder for INT8 calibration")
     parser.add_argument("--calib-frames", type=int, default=256, help="calibration frames at most (256)")
     parser.add_argument("--batch", type=int, default=1, help="batch size (the maximum with --dynamic) (1)")
@@ -360,7 +428,12 @@ def add_subcommand(subparsers: Any) -> None:
         "--cache-dir", type=Path, default=None, help="engine cache (default ~/.cache/vistream)"
     )
     parser.add_argument("--check-source", type=Path, default=None, help="video or image folder for the check")
-    parser.add_argument("--check-frames", type=int, default=8, help="frames compared in the parity check (8)")
+    parser.add_argument(
+        "--check-frames",
+        type=int,
+        default=None,
+        help=f"frames compared in the parity check (8; held-out frames of the int8/bf16 gate: {GATE_FRAMES})",
+    )
     parser.add_argument(
         "--check-confidence", type=float, default=0.25, help="detection threshold of the check"
     )

@@ -274,3 +274,127 @@ def compare_backends(
     if ref_raw.shape == cand_raw.shape:
         _compare_detections(report, ref_raw, cand_raw, iou)
     return report
+
+
+@dataclass
+class AgreementReport:
+    """Detections of a reduced-precision model against its fp32 source, as precision/recall.
+
+    The gate of int8 and bf16 exports: a reference detection is recalled when the candidate
+    has one of the same class with IoU >= ``iou_match`` (greedy one-to-one matching, best
+    reference boxes first); a candidate detection is precise when it matched one.
+    """
+
+    frames: int
+    precision_name: str
+    confidence: float
+    iou_match: float
+    minimum: float
+    reference_detections: int = 0
+    candidate_detections: int = 0
+    matched: int = 0
+
+    @property
+    def precision(self) -> float:
+        """Matched / candidate detections (1.0 when neither model found anything)."""
+        return self.matched / self.candidate_detections if self.candidate_detections else 1.0
+
+    @property
+    def recall(self) -> float:
+        """Matched / reference detections (1.0 when the reference found nothing)."""
+        return self.matched / self.reference_detections if self.reference_detections else 1.0
+
+    @property
+    def passed(self) -> bool:
+        """Both precision and recall reach ``minimum``, on at least one reference detection."""
+        return self.reference_detections > 0 and min(self.precision, self.recall) >= self.minimum
+
+    @property
+    def problems(self) -> list[str]:
+        """What failed, in one line each (empty when passed)."""
+        if self.passed:
+            return []
+        if self.reference_detections == 0:
+            return [f"the fp32 model found nothing in {self.frames} frames: use frames with objects"]
+        return [
+            f"{self.precision_name} detections vs fp32: precision {self.precision:.3f}, recall "
+            f"{self.recall:.3f} (want both >= {self.minimum}; matched {self.matched} of "
+            f"{self.reference_detections} fp32 / {self.candidate_detections} {self.precision_name} "
+            f"at IoU >= {self.iou_match})"
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            **asdict(self),
+            "precision": self.precision,
+            "recall": self.recall,
+            "passed": self.passed,
+            "precision_name": self.precision_name,
+        }
+
+    def summary(self) -> str:
+        """One human-readable line."""
+        return (
+            f"parity ({self.precision_name} vs fp32, {self.frames} held-out frames, conf {self.confidence}): "
+            f"{'PASSED' if self.passed else 'FAILED'} "
+            f"precision {self.precision:.3f} recall {self.recall:.3f} "
+            f"(>= {self.minimum}; matched {self.matched}, fp32 {self.reference_detections}, "
+            f"{self.precision_name} {self.candidate_detections}, IoU >= {self.iou_match})"
+        )
+
+
+def detection_agreement(
+    reference: InferenceBackend,
+    candidate: InferenceBackend,
+    frames: Sequence[np.ndarray],
+    *,
+    imgsz: tuple[int, int],
+    precision_name: str,
+    confidence: float = 0.25,
+    iou: float = 0.7,
+    iou_match: float = 0.5,
+    minimum: float = 0.95,
+) -> AgreementReport:
+    """Precision and recall of ``candidate``'s detections against ``reference``'s.
+
+    Args:
+        reference: The fp32 model.
+        candidate: The quantized or reduced-precision model.
+        frames: BGR uint8 frames not used for calibration.
+        imgsz: Letterbox size ``(height, width)``.
+        precision_name: What the candidate runs in (``int8``, ``bf16``...), for messages.
+        confidence: Detection threshold (the ``detect`` stage's default).
+        iou: NMS IoU threshold.
+        iou_match: Smallest IoU of a matched pair.
+        minimum: Smallest precision and recall that pass.
+
+    Raises:
+        ModelError: No frames.
+    """
+    from plugins.yolo_decode import decode_batch, match_detections
+
+    if not frames:
+        raise ModelError("the parity check needs at least one frame")
+    report = AgreementReport(
+        frames=len(frames),
+        precision_name=precision_name,
+        confidence=confidence,
+        iou_match=iou_match,
+        minimum=minimum,
+    )
+    decoded = [
+        decode_batch(
+            raw_outputs(backend, frames, imgsz).astype(np.float32),
+            confidence=confidence,
+            iou=iou,
+            max_detections=300,
+        )
+        for backend in (reference, candidate)
+    ]
+    for ref, cand in zip(*decoded, strict=True):
+        rows, _, _ = match_detections(ref, cand, iou_threshold=iou_match)
+        report.reference_detections += len(ref[1])
+        report.candidate_detections += len(cand[1])
+        report.matched += len(rows)
+    return report

@@ -1,0 +1,204 @@
+"""The CPU configurations of ``compare.py``: vistream on ONNX Runtime / OpenVINO, their ceilings.
+
+Tools (each run in its own process by ``compare.py``, alternating, medians of the rounds):
+
+- ``vs_ort`` / ``vs_ov`` / ``vs_ov_int8``: the shipped ``default`` pipeline (detect + ByteTrack,
+  every class, as ``vistream run VIDEO --no-video``) with the shared fp32 ONNX on ONNX Runtime,
+  the same ONNX on OpenVINO (``backend: openvino``, precision ``auto``: bf16 on this CPU), and
+  the NNCF int8 IR from ``vistream export --format openvino --int8``;
+- ``ceiling_ort`` / ``ceiling_ov`` / ``ceiling_ov_int8``: the same backend alone, as the
+  pipeline uses it (``workers: 2``: two calls at once, one thread each) on the same frames,
+  letterbox included, decoding not (frames are decoded before the clock starts);
+- ``ul_onnx``: Ultralytics ``YOLO(onnx).track(video, stream=True, tracker="bytetrack.yaml")``
+  with the pipeline's thresholds (confidence 0.25, NMS IoU 0.7, every class);
+- ``ul_openvino``: the same on Ultralytics' own OpenVINO layout (``*_openvino_model/`` with
+  ``metadata.yaml``), which Ultralytics runs through its OpenVINO backend (bf16 here too).
+  Ultralytics' exporter needs the ``.pt`` checkpoint, which does not exist offline for these
+  weights, so the directory is written here exactly as the exporter writes it (IR converted
+  by OpenVINO, fp32 weights, the model's metadata as YAML) from the shared ONNX.
+"""
+
+from __future__ import annotations
+
+import ast
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CPU_TOOLS = (
+    "vs_ort",
+    "vs_ov",
+    "vs_ov_int8",
+    "ceiling_ort",
+    "ceiling_ov",
+    "ceiling_ov_int8",
+    "ul_onnx",
+    "ul_openvino",
+)
+DESCRIPTIONS = {
+    "vs_ort": "vistream `default` (detect + track), ONNX Runtime fp32",
+    "vs_ov": "vistream `default`, OpenVINO auto (bf16 here)",
+    "vs_ov_int8": "vistream `default`, OpenVINO NNCF int8",
+    "ceiling_ort": "model only, ONNX Runtime fp32 (2 calls at once, letterbox incl.)",
+    "ceiling_ov": "model only, OpenVINO auto (bf16)",
+    "ceiling_ov_int8": "model only, OpenVINO int8",
+    "ul_onnx": "Ultralytics `track()` on the same ONNX",
+    "ul_openvino": "Ultralytics `track()` on its OpenVINO model",
+}
+CONFIDENCE = 0.25
+IOU = 0.7
+
+
+def prepare_models(onnx: Path, video: Path, folder: Path, *, calib_frames: int = 300) -> dict[str, Path]:
+    """The int8 IR (through ``vistream export``, gate included) and Ultralytics' OpenVINO folder."""
+    from engine.cli.export.model import ExportOptions, export_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    int8 = folder / "int8" / f"{onnx.stem}.xml"
+    if not int8.is_file():
+        export_model(
+            ExportOptions(
+                source=onnx, format="openvino", int8=True, calib=video, calib_frames=calib_frames, output=int8
+            )
+        )
+    return {"int8": int8, "ul_openvino": ultralytics_openvino_folder(onnx, folder)}
+
+
+def ultralytics_openvino_folder(onnx: Path, folder: Path) -> Path:
+    """``<stem>_openvino_model/`` as Ultralytics' exporter lays it out (IR + metadata.yaml)."""
+    target = folder / f"{onnx.stem}_openvino_model"
+    xml = target / f"{onnx.stem}.xml"
+    if xml.is_file():
+        return target
+    import openvino as ov
+    import yaml
+
+    from engine.cli.export.model import onnx_metadata
+
+    target.mkdir(parents=True, exist_ok=True)
+    ov.save_model(ov.convert_model(str(onnx)), str(xml), compress_to_fp16=False)
+    metadata: dict[str, Any] = {}
+    for key, value in onnx_metadata(onnx).items():
+        try:
+            metadata[key] = (
+                ast.literal_eval(value)
+                if key in ("names", "imgsz", "stride", "batch", "channels", "args", "end2end")
+                else value
+            )
+        except (ValueError, SyntaxError):
+            metadata[key] = value
+    (target / "metadata.yaml").write_text(yaml.safe_dump(metadata, sort_keys=False))
+    return target
+
+
+def pipeline_yaml(model: Path, out: Path, *, backend: str | None) -> Path:
+    """The ``default`` pipeline on ``model`` (no drawing: the run is ``--no-video``)."""
+    lines = [
+        "device: cpu",
+        "batch_size: 1",
+        "workers: 2",
+        "on_error: fail",
+        "stages:",
+        "  - stage: detect",
+        f"    model: {model}",
+        f"    confidence: {CONFIDENCE}",
+    ]
+    if backend is not None:
+        lines.append(f"    backend: {backend}")
+    lines.append("  - stage: track")
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "pipeline.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def child_ceiling(
+    video: Path, model: Path, frames: int, warmup: int, *, backend: str | None, workers: int = 2
+) -> dict[str, Any]:
+    """The backend alone, ``workers`` calls at once with one thread each, letterbox included."""
+    import common
+
+    from engine.backends import load_backend
+    from engine.ops.cpu import letterbox_batch
+
+    pictures = common.decode_all(video, limit=frames)
+    runner = load_backend(model, backend=backend, intra_op_num_threads=1)
+    spec = runner.inputs[0]
+    size_hw = (int(spec.shape[2] or 320), int(spec.shape[3] or 320))
+    latency_ms: list[list[float]] = [[] for _ in range(workers)]
+
+    def work(worker: int, indices: range) -> None:
+        buffer = np.empty((1, 3, *size_hw), np.float32)
+        for index in indices[worker::workers]:
+            begin = time.perf_counter()
+            blob, _ = letterbox_batch([pictures[index]], size_hw, out=buffer)
+            runner.run({spec.name: blob})
+            latency_ms[worker].append((time.perf_counter() - begin) * 1e3)
+
+    def run_all(indices: range) -> float:
+        threads = [threading.Thread(target=work, args=(worker, indices)) for worker in range(workers)]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return time.perf_counter() - started
+
+    run_all(range(min(warmup, len(pictures))))
+    latency_ms = [[] for _ in range(workers)]
+    seconds = run_all(range(warmup, len(pictures)))
+    runner.close()
+    timed = [value for values in latency_ms for value in values]
+    return {"frames": len(timed), "seconds": seconds, "latency_ms": timed, "unique_ids": None}
+
+
+def child_ultralytics(video: Path, model: Path, frames: int, warmup: int) -> dict[str, Any]:
+    """Ultralytics ``track()`` with the default pipeline's thresholds (every class)."""
+    from ultralytics import YOLO
+
+    yolo = YOLO(str(model), task="detect")
+    stream = yolo.track(
+        source=str(video),
+        tracker="bytetrack.yaml",
+        stream=True,
+        conf=CONFIDENCE,
+        iou=IOU,
+        imgsz=320,
+        device="cpu",
+        verbose=False,
+    )
+    latency_ms: list[float] = []
+    ids: set[int] = set()
+    started = last = time.perf_counter()
+    for result in stream:
+        now = time.perf_counter()
+        latency_ms.append((now - last) * 1e3)
+        if result.boxes is not None and result.boxes.id is not None:
+            ids.update(int(track_id) for track_id in result.boxes.id.tolist())
+        last = time.perf_counter()
+        if len(latency_ms) == warmup:
+            started = last
+        if len(latency_ms) >= frames:
+            break
+    timed = latency_ms[warmup:]
+    return {"frames": len(timed), "seconds": last - started, "latency_ms": timed, "unique_ids": len(ids)}
+
+
+def run_cpu_tool(tool: str, args: Any, child_vistream: Any) -> dict[str, Any]:
+    """One tool of :data:`CPU_TOOLS` in this (child) process."""
+    models = prepare_models(args.model.resolve(), args.video, (args.out.parent.parent / "models").resolve())
+    model, backend = {
+        "ort": (args.model, None),
+        "ov": (args.model, "openvino"),
+        "ov_int8": (models["int8"], None),
+    }.get(tool.split("_", 1)[1], (args.model, None))
+    if tool.startswith("vs_"):
+        yaml_path = pipeline_yaml(model, args.out, backend=backend)
+        return child_vistream(args.video, args.frames, args.warmup, args.out, False, pipeline=str(yaml_path))  # type: ignore[no-any-return]
+    if tool.startswith("ceiling_"):
+        return child_ceiling(args.video, model, args.frames, args.warmup, backend=backend)
+    target = models["ul_openvino"] if tool == "ul_openvino" else args.model
+    return child_ultralytics(args.video, target, args.frames, args.warmup)

@@ -1,0 +1,252 @@
+"""CPU exports of an ONNX detector: OpenVINO IR (fp32 or NNCF int8) and ONNX Runtime static int8.
+
+- ``--format openvino``: the ONNX model read by OpenVINO and saved as an IR (``.xml`` +
+  ``.bin``) in fp32; the precision is chosen when it runs (bf16 on a CPU that has it, see
+  :mod:`engine.backends.openvino`).
+- ``--format openvino --int8 --calib SOURCE``: NNCF post-training quantization on frames of
+  SOURCE, letterboxed exactly like inference (:func:`engine.ops.cpu.letterbox_batch`).
+- ``--format onnx --int8 --calib SOURCE`` on an ``.onnx`` model: ONNX Runtime static int8
+  (QDQ, per-channel weights), after raising the opset to 13+ (per-channel QDQ needs it).
+
+Both int8 paths keep the detection head (the last ``/model.N/`` module of an Ultralytics
+export: box regression, DFL and class scores) in float: quantizing it collapses the box
+distribution and the class scores (ONNX Runtime with the head quantized: recall 0.32).
+
+Then the gate (:func:`engine.cli.export.parity.detection_agreement`): detections of the
+export against the fp32 ONNX model under ONNX Runtime, on held-out frames (never used for
+calibration), precision and recall of matched boxes at IoU >= 0.5 both >= 0.95, or the
+export fails showing the numbers. An fp32 IR is gated in the precision it will run in.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.errors import ModelError
+from engine.ops.cpu import letterbox_batch
+
+logger = logging.getLogger(__name__)
+
+#: The smallest opset whose QuantizeLinear/DequantizeLinear take per-channel scales.
+QDQ_MIN_OPSET = 13
+#: The opset an older model is converted to for ONNX Runtime static int8.
+QDQ_OPSET = 17
+_MODULE = re.compile(r"/model\.(\d+)/")
+
+
+def split_frames(
+    calib: Path, calib_count: int, check_count: int, check_source: Path | None
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Calibration frames and held-out check frames, never the same ones.
+
+    Without ``check_source`` both come from ``calib``, evenly spread over it and
+    interleaved; with it, the held-out frames come from there.
+    """
+    from engine.backends.trt_calibration import calibration_frames
+
+    if check_source is not None:
+        return calibration_frames(calib, limit=calib_count), calibration_frames(
+            check_source, limit=check_count
+        )
+    frames = calibration_frames(calib, limit=calib_count + check_count)
+    if len(frames) < 2:
+        raise ModelError(f"{calib} has {len(frames)} frame(s): calibration and the check need 2 or more")
+    held = min(check_count, len(frames) // 2)
+    picks = set(np.linspace(1, len(frames) - 1, held).round().astype(int).tolist())
+    return (
+        [frame for index, frame in enumerate(frames) if index not in picks],
+        [frames[index] for index in sorted(picks)],
+    )
+
+
+def head_prefix(node_names: Sequence[str]) -> str | None:
+    """``/model.N/`` of the last module of an Ultralytics export (its Detect head), if any."""
+    indices = [int(match.group(1)) for name in node_names if (match := _MODULE.search(name))]
+    return f"/model.{max(indices)}/" if indices else None
+
+
+def _blobs(frames: Sequence[np.ndarray], imgsz: tuple[int, int]) -> Iterator[np.ndarray]:
+    for frame in frames:
+        blob, _ = letterbox_batch([frame], imgsz)
+        yield blob.copy()
+
+
+def quantize_openvino(
+    onnx_path: Path, output_xml: Path, calib_frames: Sequence[np.ndarray] | None, imgsz: tuple[int, int]
+) -> Path:
+    """Write ``output_xml`` (+ ``.bin``): the ONNX model as an fp32 IR, or NNCF int8 with frames.
+
+    Raises:
+        ModelError: OpenVINO cannot read the model, or NNCF fails.
+    """
+    from engine.backends.openvino import import_openvino
+
+    ov = import_openvino()
+    try:
+        model = ov.Core().read_model(str(onnx_path))
+    except RuntimeError as error:
+        raise ModelError(f"OpenVINO cannot read {onnx_path}: {str(error).splitlines()[0]}") from error
+    if calib_frames is not None:
+        try:
+            import nncf
+        except ImportError as error:
+            raise ModelError("int8 OpenVINO export needs NNCF: pip install 'vistream[openvino]'") from error
+
+        blobs = list(_blobs(calib_frames, imgsz))
+        prefix = head_prefix([op.get_friendly_name() for op in model.get_ordered_ops()])
+        ignored = nncf.IgnoredScope(patterns=[f".*{re.escape(prefix)}.*"], validate=False) if prefix else None
+        if prefix is None:
+            logger.warning("%s has no /model.N/ node names: the detection head is quantized too", onnx_path)
+        logger.info("NNCF int8 on %d frames, keeping %s in float", len(blobs), prefix or "nothing")
+        try:
+            model = nncf.quantize(
+                model,
+                nncf.Dataset(blobs),
+                preset=nncf.QuantizationPreset.MIXED,
+                subset_size=len(blobs),
+                ignored_scope=ignored,
+            )
+        except Exception as error:  # NNCF wraps failures in many types
+            raise ModelError(
+                f"NNCF quantization of {onnx_path} failed: {type(error).__name__}: {error}"
+            ) from error
+    output_xml.parent.mkdir(parents=True, exist_ok=True)
+    # fp32 weights: the precision is the runtime's choice (bf16 where the CPU has it).
+    ov.save_model(model, str(output_xml), compress_to_fp16=False)
+    return output_xml
+
+
+class _Reader:
+    """ONNX Runtime's CalibrationDataReader over letterboxed frames."""
+
+    def __init__(self, input_name: str, blobs: list[np.ndarray]) -> None:
+        self._items = iter([{input_name: blob} for blob in blobs])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._items, None)
+
+    def rewind(self) -> None:  # pragma: no cover - not called for MinMax calibration
+        pass
+
+
+def quantize_onnxruntime(
+    onnx_path: Path, output: Path, calib_frames: Sequence[np.ndarray], imgsz: tuple[int, int]
+) -> Path:
+    """Write ``output``: ONNX Runtime static int8 (QDQ, per-channel), the head left in float.
+
+    Raises:
+        ModelError: The model cannot be read, converted or quantized.
+    """
+    import onnx
+    from onnx import version_converter
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    try:
+        model = onnx.load(str(onnx_path))
+    except Exception as error:  # onnx raises DecodeError and others
+        raise ModelError(f"cannot read {onnx_path} as ONNX: {error}") from error
+    opset = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 0)
+    if opset < QDQ_MIN_OPSET:
+        logger.info("converting %s from opset %d to %d for per-channel QDQ", onnx_path.name, opset, QDQ_OPSET)
+        model = version_converter.convert_version(model, QDQ_OPSET)
+    metadata = {entry.key: entry.value for entry in model.metadata_props}
+    prefix = head_prefix([node.name for node in model.graph.node])
+    excluded = [node.name for node in model.graph.node if prefix and node.name.startswith(prefix)]
+    input_name = model.graph.input[0].name
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="vistream-qdq-") as scratch:
+        converted = Path(scratch) / "opset.onnx"
+        onnx.save(model, str(converted))
+        try:
+            quantize_static(
+                str(converted),
+                str(output),
+                _Reader(input_name, list(_blobs(calib_frames, imgsz))),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                nodes_to_exclude=excluded,
+            )
+        except Exception as error:  # the quantizer raises many types
+            raise ModelError(
+                f"ONNX Runtime quantization of {onnx_path} failed: {type(error).__name__}: {error}"
+            ) from error
+    # The quantizer drops metadata_props: put back what the detect stage reads.
+    quantized = onnx.load(str(output))
+    onnx.helper.set_model_props(quantized, {**metadata, "quantization": "static int8 qdq"})
+    onnx.save(quantized, str(output))
+    return output
+
+
+def openvino_output(source: Path, output: Path | None, int8: bool) -> Path:
+    """The ``.xml`` path for ``-o`` (a directory or an ``.xml`` file) or its default."""
+    if output is not None and output.suffix.lower() == ".xml":
+        return output
+    folder = output or source.parent / f"{source.stem}{'_int8' if int8 else ''}_openvino"
+    return folder / f"{source.stem}.xml"
+
+
+def export_cpu(options: Any, onnx_path: Path, imgsz: int) -> tuple[Path, Any]:
+    """Run the OpenVINO or ONNX Runtime int8 export of ``options`` and its gate.
+
+    Args:
+        options: The :class:`engine.cli.export.model.ExportOptions`.
+        onnx_path: The fp32 ONNX model (the source, or exported from it).
+        imgsz: Square letterbox size.
+
+    Returns:
+        The written model and its :class:`~engine.cli.export.parity.AgreementReport`
+        (None with ``--no-check``).
+    """
+    from engine.backends.onnxruntime import OnnxRuntimeBackend
+    from engine.cli.export.model import check_frames
+    from engine.cli.export.parity import detection_agreement
+
+    hw = (imgsz, imgsz)
+    calib, held_out = None, None
+    if options.int8:
+        calib, held_out = split_frames(
+            options.calib, options.calib_frames, options.gate_frames, options.check_source
+        )
+    elif options.check and (options.check_source or options.calib) is not None:
+        held_out = check_frames(options.check_source or options.calib, options.gate_frames)
+    elif options.check:
+        # Synthetic scenes hold no objects a trained detector finds: nothing to gate on.
+        logger.warning("no frames to check %s on: give --check-source VIDEO", options.source.name)
+    candidate: Any
+    if options.format == "openvino":
+        from engine.backends.openvino import OpenVinoBackend
+
+        output = quantize_openvino(
+            onnx_path, openvino_output(options.source, options.output, options.int8), calib, hw
+        )
+        candidate = OpenVinoBackend(output)
+    else:
+        if calib is None:  # pragma: no cover - validate() demands --calib with --int8
+            raise ModelError("ONNX Runtime int8 needs calibration frames (--calib)")
+        default = options.source.parent / f"{options.source.stem}_int8_qdq.onnx"
+        output = quantize_onnxruntime(onnx_path, options.output or default, calib, hw)
+        candidate = OnnxRuntimeBackend(output, intra_op_num_threads=1)
+    logger.info("wrote %s", output)
+    if not options.check or held_out is None:
+        return output, None
+    reference = OnnxRuntimeBackend(onnx_path)
+    try:
+        candidate.load()
+        name = "int8" if options.int8 else getattr(candidate, "inference_precision", "fp32")
+        report = detection_agreement(
+            reference, candidate, held_out, imgsz=hw, precision_name=name, confidence=options.check_confidence
+        )
+    finally:
+        reference.close()
+        candidate.close()
+    return output, report
