@@ -331,6 +331,8 @@ class Pipeline:
             self.metrics.record_stage(timing.stage_name, elapsed_ns, timing.frames)
             for observer in self.observers:
                 observer.on_stage(timing.stage_name, batch, timing.started_ns, timing.finished_ns)
+        if run.drops:
+            self.metrics.record_stage_drops(run.drops)
         if run.error is not None and run.failed_stage is not None:
             self._handle_stage_error(run.failed_stage, batch, run.error)
         for sink in sinks:
@@ -344,8 +346,9 @@ class Pipeline:
             on_batch(batch)
 
     def _handle_stage_error(self, stage_name: str, batch: Batch, error: Exception) -> None:
-        first = batch[0]
-        where = f"stage '{stage_name}' failed on {first.source_id} frame {first.index}"
+        where = f"stage '{stage_name}' failed"
+        if batch.frames:
+            where += f" on {batch[0].source_id} frame {batch[0].index}"
         kind = f"{stage_name}: {type(error).__name__}"
         self.metrics.record_stage_error(kind, len(batch), skipped=self.settings.on_error == "skip")
         if self.settings.on_error == "fail":

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from engine.batching import Marker
 from engine.frame import Batch
-from engine.stage import NamedStage
+from engine.stage import NamedStage, check_stage_output
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class StageRun:
         stages_done: How many of the pipeline's stages have run (the failed one included).
         failed_stage: Name of the stage that raised, if one did (no later stage ran).
         error: What it raised.
+        drops: ``(stage name, reason)`` per frame a stage took out with ``Batch.drop``.
     """
 
     batch: Batch
@@ -63,6 +64,7 @@ class StageRun:
     stages_done: int = 0
     failed_stage: str | None = None
     error: Exception | None = None
+    drops: list[tuple[str, str]] = field(default_factory=list)
 
 
 def run_stages(run: StageRun, stages: Sequence[NamedStage]) -> StageRun:
@@ -72,16 +74,36 @@ def run_stages(run: StageRun, stages: Sequence[NamedStage]) -> StageRun:
     records the timings and handles the error.
     """
     for named in stages:
-        if run.error is not None:
+        if run.error is not None or not run.batch.frames:  # failed, or every frame dropped
             break
         started_ns = time.monotonic_ns()
         try:
-            run.batch = named.stage(run.batch)
+            run.batch = call_stage(named, run.batch, run.drops)
         except Exception as error:
             run.failed_stage, run.error = named.name, error
         run.timings.append(StageTiming(named.name, started_ns, time.monotonic_ns(), len(run.batch)))
         run.stages_done += 1
     return run
+
+
+def call_stage(named: NamedStage, batch: Batch, drops: list[tuple[str, str]]) -> Batch:
+    """Call one stage and enforce its contract (:func:`engine.stage.check_stage_output`).
+
+    On success the declared drops are appended to ``drops`` and cleared from the batch; on a
+    violation ``batch`` itself is left as it was given (the error policy passes it on).
+    """
+    given = [(frame.source_id, frame.index) for frame in batch.frames]
+    frames = list(batch.frames)
+    batch.dropped.clear()
+    try:
+        returned = check_stage_output(named.name, given, named.stage(batch))
+    except BaseException:
+        batch.frames[:] = frames  # undo a partial drop: the frames go on unprocessed
+        batch.dropped.clear()
+        raise
+    drops.extend((named.name, reason) for _frame, reason in returned.dropped)
+    returned.dropped.clear()
+    return returned
 
 
 @dataclass(frozen=True)

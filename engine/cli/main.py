@@ -15,8 +15,10 @@ from engine import __version__
 from engine.cli import calibrate, emotion_threshold, run
 from engine.cli.bench import pipeline as bench
 from engine.cli.export import model as export
+from engine.cli.secrets import mask_log_handlers, mask_process_title, one_line
 from engine.errors import EngineError
 from engine.registry import first_doc_line, installed_stages, resolve_stage
+from engine.sources.uri import parse_uri
 
 logger = logging.getLogger("vistream")
 
@@ -47,14 +49,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet = getattr(args, "quiet", False)
     level = logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    mask_log_handlers()
     if getattr(args, "handler", None) is None:
         parser.print_help()
         return 2
     try:
+        _parse_uris_in(args)  # registers their secrets before anything is logged or shown
+        mask_process_title()
         return int(args.handler(args))
     except EngineError as error:
-        print(f"vistream: error: {error}", file=sys.stderr)
+        _say_error(one_line(str(error)))
         return 2
+
+
+def _parse_uris_in(args: argparse.Namespace) -> None:
+    """Parse the URIs among the arguments early, so their passwords are known secrets."""
+    for value in getattr(args, "sources", None) or ():
+        if isinstance(value, str) and "://" in value and not value.lower().startswith("synthetic://"):
+            parse_uri(value)
+
+
+def _say_error(line: str) -> None:
+    """The error line on stderr; a closed or broken stderr must not turn exit 2 into a crash."""
+    try:
+        print(f"vistream: error: {line}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
 
 
 def _plugins_command(args: argparse.Namespace) -> int:

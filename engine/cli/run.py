@@ -1,7 +1,7 @@
 """`vistream run`: a pipeline over files, cameras or streams into an output directory.
 
-Stops (SIGINT, SIGTERM) drain the frames in flight and finalize every output; the summary
-(``summary.json``) is written whatever ended the run.
+Stops (SIGINT, SIGTERM, SIGHUP; see :mod:`engine.cli.signals`) drain the frames in flight and
+finalize every output; the summary (``summary.json``) is written whatever ended the run.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from engine import __version__
 from engine.checks import check_number, check_optional_int
+from engine.cli.signals import StopSignals
 from engine.config import PIPELINES_DIR, describe_lookup, load_pipeline, parse_sources
 from engine.errors import ConfigError, SinkError
 from engine.metrics.prometheus import MetricsServer
@@ -32,6 +32,8 @@ from engine.sinks.outputs import open_outputs, source_paths
 logger = logging.getLogger(__name__)
 
 _STATUS_INTERVAL_S = 5.0
+#: After a stop's drain timeout, how long closing the outputs may take before a forced exit.
+_FINALIZE_BUDGET_S = 10.0
 
 
 def add_subcommand(subparsers: Any) -> None:
@@ -171,16 +173,17 @@ def run_command(args: argparse.Namespace) -> int:
     progress = _Progress(
         pipeline, quiet=args.quiet, max_frames=args.max_frames, interval_s=args.status_interval_s
     )
-    _install_signal_handlers(pipeline)
+    paths = source_paths(outputs.paths, ids) if len(ids) > 1 else outputs.paths
+    stop = _stop_signals(pipeline, out_dir, paths)
     status = "failed"
     try:
-        pipeline.run(feeds, outputs.sinks, max_frames=args.max_frames, on_batch=progress.update)
+        with stop:
+            pipeline.run(feeds, outputs.sinks, max_frames=args.max_frames, on_batch=progress.update)
         status = "stopped" if pipeline.stop_requested else "completed"
     finally:
         progress.close()
         if server is not None:
             server.close()
-        paths = source_paths(outputs.paths, ids) if len(ids) > 1 else outputs.paths
         summary = _summary(pipeline, status, paths)
         summary_error = _write_summary(out_dir / "summary.json", summary)
     if summary_error is not None:
@@ -200,20 +203,21 @@ def _write_summary(path: Path, summary: dict[str, Any]) -> SinkError | None:
     return None
 
 
-def _install_signal_handlers(pipeline: Any) -> None:
-    """First SIGINT/SIGTERM: stop intake, drain queued frames, finalize; second: exit at once."""
+def _stop_signals(pipeline: Pipeline, out_dir: Path, paths: dict[str, str]) -> StopSignals:
+    """SIGINT/SIGTERM/SIGHUP: one graceful stop (a burst counts once); a second signal after
+    the grace window, or a stop that outlasts the drain timeout plus time to finalize, exits
+    at once with ``summary.json`` marked ``interrupted`` (JSONL and MP4 are valid as written)."""
 
-    def handle(signum: int, _frame: FrameType | None) -> None:
-        if pipeline.stop_requested:
-            # Outputs are flushed per batch (and the mp4 is fragmented), so what was written
-            # stays valid even though nothing is finalized now.
-            logger.warning("second %s: exiting immediately", signal.Signals(signum).name)
-            os._exit(128 + signum)
-        logger.warning("%s: stopping after the frames in flight", signal.Signals(signum).name)
-        pipeline.request_stop()
+    def interrupted(signum: int) -> None:
+        summary = _summary(pipeline, "interrupted", paths)
+        summary["signal"] = signal.Signals(signum).name
+        _write_summary(out_dir / "summary.json", summary)
 
-    signal.signal(signal.SIGINT, handle)
-    signal.signal(signal.SIGTERM, handle)
+    return StopSignals(
+        pipeline.request_stop,
+        on_force=interrupted,
+        deadline_s=pipeline.settings.drain_timeout_s + _FINALIZE_BUDGET_S,
+    )
 
 
 class _Progress:

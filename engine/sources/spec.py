@@ -23,7 +23,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from engine.errors import ConfigError
 from engine.sources.base import FRAME_POLICIES, Feed, Source
@@ -111,7 +110,7 @@ def default_source_id(uri: str) -> str:
         if target.kind == "file":
             name = Path(target.location).stem
         elif target.kind == "rtsp":
-            name = urlsplit(text).hostname or "rtsp"
+            name = target.host or "rtsp"
         elif target.kind == "v4l2":
             name = Path(target.location).name
         else:
