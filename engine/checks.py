@@ -46,7 +46,7 @@ def check_int(name: str, value: Any, *, low: int | None = None, high: int | None
         else:
             bounds = _range_text(low, high, False)
             expected = f"an integer{' ' + bounds if bounds else ''}"
-        raise ConfigError(f"{name}: expected {expected}, got {value!r}")
+        raise ConfigError(f"{name}: expected {expected}, got {shown(value)}")
     return int(value)
 
 
@@ -84,7 +84,7 @@ def check_number(
         ok = value <= high
     if not ok:
         bounds = _range_text(low, high, low_open)
-        raise ConfigError(f"{name}: expected a number{' ' + bounds if bounds else ''}, got {value!r}")
+        raise ConfigError(f"{name}: expected a number{' ' + bounds if bounds else ''}, got {shown(value)}")
     return float(value)
 
 
@@ -98,7 +98,7 @@ def check_optional_number(
 def check_bool(name: str, value: Any) -> bool:
     """``value`` is ``True`` or ``False`` (not 0, 1 or a string)."""
     if not isinstance(value, bool):
-        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+        raise ConfigError(f"{name}: expected true or false, got {shown(value)}")
     return value
 
 
@@ -106,15 +106,27 @@ def check_choice(name: str, value: T, choices: Collection[T]) -> T:
     """``value`` is one of ``choices``."""
     if value not in choices:
         listed = ", ".join(str(choice) for choice in choices)
-        raise ConfigError(f"{name}: expected one of {listed}, got {value!r}")
+        raise ConfigError(f"{name}: expected one of {listed}, got {shown(value)}")
     return value
 
 
 def check_str(name: str, value: Any, *, empty: bool = False) -> str:
     """``value`` is a string (non-empty unless ``empty``)."""
     if not isinstance(value, str) or (not empty and not value):
-        raise ConfigError(f"{name}: expected a {'' if empty else 'non-empty '}string, got {value!r}")
+        raise ConfigError(f"{name}: expected a {'' if empty else 'non-empty '}string, got {shown(value)}")
     return value
+
+
+def shown(value: Any, limit: int = 120) -> str:
+    """``repr(value)`` for a message, cut to ``limit`` characters: a value pasted from a
+    huge YAML list must not turn a one-line error into megabytes."""
+    try:
+        text = repr(value)
+    except RecursionError:  # a self-referencing structure
+        return f"<{type(value).__name__}>"
+    if len(text) > limit:
+        return f"{text[: limit - 30]}... ({len(text)} characters)"
+    return text
 
 
 def _is_int(value: Any) -> bool:

@@ -38,7 +38,7 @@ from typing import Any, cast
 
 import yaml
 
-from engine.checks import check_choice, check_int, check_number, check_str
+from engine.checks import check_choice, check_int, check_number, check_str, shown
 from engine.device import CPU, Device, parse_device
 from engine.errors import ConfigError, EngineError
 from engine.registry import resolve_stage
@@ -66,6 +66,10 @@ PIPELINES_DIR = Path(__file__).parent / "pipelines"
 
 #: What a pipeline does when a stage raises: stop the run, or skip the batch and count it.
 ERROR_POLICIES = ("fail", "skip")
+
+#: Upper bounds of the frame counts a run holds in memory at once.
+MAX_BATCH_SIZE = 256
+MAX_READ_AHEAD_FRAMES = 1024
 
 _SETTING_KEYS = {"device", "batch_size", "max_wait_ms", "workers", "on_error"}
 _TOP_LEVEL_KEYS = {"source", "sources", "stages", *_SETTING_KEYS}
@@ -133,14 +137,18 @@ class PipelineSettings:
         # object.__setattr__: the dataclass is frozen, and these are normalizations of
         # the values just given (a device string parsed, an int timeout made a float).
         object.__setattr__(self, "device", parse_device(self.device))
-        check_int("batch_size", self.batch_size, low=1)
+        # Upper bounds: memory grows with batch_size x read-ahead x sources, and a value far
+        # past any real use is a typo (--batch-size 100000 once took 3.8 GB before failing).
+        check_int("batch_size", self.batch_size, low=1, high=MAX_BATCH_SIZE)
         check_choice("on_error", self.on_error, ERROR_POLICIES)
-        object.__setattr__(self, "max_wait_ms", check_number("max_wait_ms", self.max_wait_ms, low=0))
-        check_int("workers", self.workers, low=1)
         object.__setattr__(
-            self, "drain_timeout_s", check_number("drain_timeout_s", self.drain_timeout_s, low=0)
+            self, "max_wait_ms", check_number("max_wait_ms", self.max_wait_ms, low=0, high=60_000)
         )
-        check_int("read_ahead_frames", self.read_ahead_frames, low=1)
+        check_int("workers", self.workers, low=1, high=64)
+        object.__setattr__(
+            self, "drain_timeout_s", check_number("drain_timeout_s", self.drain_timeout_s, low=0, high=3600)
+        )
+        check_int("read_ahead_frames", self.read_ahead_frames, low=1, high=MAX_READ_AHEAD_FRAMES)
 
 
 @dataclass(frozen=True)
@@ -254,18 +262,120 @@ def find_pipeline(name_or_path: str) -> Path:
     raise ConfigError(f"pipeline '{name_or_path}' is neither a file nor a shipped pipeline ({names})")
 
 
+#: Largest YAML file (pipeline or calibration) read, in bytes: a config, not a data set.
+MAX_YAML_BYTES = 1 << 20
+#: Most values a YAML document may hold once its aliases are expanded (an alias bomb's
+#: nine nested lists hold 10^9).
+MAX_YAML_VALUES = 100_000
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, with duplicate mapping keys refused (PyYAML keeps the last
+    silently: a second ``stages:`` would drop the first list without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the base class says so
+                break
+            if first is not None:
+                raise ConfigError(
+                    f"duplicate key {_clip(key)!r} at line {key_node.start_mark.line + 1} "
+                    f"(first at line {first.start_mark.line + 1})"
+                )
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
+class _AliasBomb(Exception):
+    """Internal: the document expands past :data:`MAX_YAML_VALUES`."""
+
+
+def _expanded_values(node: yaml.Node, limit: int) -> int:
+    """How many values ``node`` holds with every alias expanded, counting up to ``limit``."""
+    counts: dict[int, int] = {}
+
+    def count(current: yaml.Node) -> int:
+        known = counts.get(id(current))
+        if known is not None:
+            return known
+        total = 1
+        if isinstance(current, yaml.SequenceNode):
+            children: list[yaml.Node] = list(current.value)
+        elif isinstance(current, yaml.MappingNode):
+            children = [child for pair in current.value for child in pair]
+        else:
+            children = []
+        for child in children:
+            total += count(child)
+            if total > limit:
+                break
+        counts[id(current)] = total
+        return total
+
+    return count(node)
+
+
+def read_yaml(text: str, where: str, *, error: type[EngineError] = ConfigError) -> Any:
+    """Parse a YAML config safely: bounded size and alias expansion, no duplicate keys.
+
+    Args:
+        text: The document.
+        where: The file, for messages.
+        error: The class of the error raised (``CalibrationError`` for calibrations).
+
+    Raises:
+        EngineError: Of class ``error``, one line: too large, an alias bomb, a duplicate key,
+            a Python tag, or malformed YAML (with line and column).
+    """
+    if len(text) > MAX_YAML_BYTES:
+        raise error(f"{where}: {len(text)} bytes is too large for a config (at most {MAX_YAML_BYTES})")
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()  # type: ignore[no-untyped-call]
+        if node is None:
+            return None
+        if _expanded_values(node, MAX_YAML_VALUES) > MAX_YAML_VALUES:
+            raise _AliasBomb
+        return loader.construct_document(node)  # type: ignore[no-untyped-call]
+    except _AliasBomb:
+        raise error(
+            f"{where}: the YAML expands to more than {MAX_YAML_VALUES} values through its "
+            "aliases (an alias bomb?)"
+        ) from None
+    except yaml.YAMLError as problem:
+        mark = getattr(problem, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        detail = getattr(problem, "problem", None) or str(problem).splitlines()[0]
+        raise error(f"{where}: malformed YAML{at}: {_clip(detail)}") from None
+    except ConfigError as problem:
+        raise error(f"{where}: {problem}") from None
+    except RecursionError:
+        raise error(f"{where}: the YAML is nested too deeply") from None
+    finally:
+        loader.dispose()  # type: ignore[no-untyped-call]
+
+
+def _clip(value: Any, limit: int = 120) -> str:
+    """``repr``-free short text of a value for messages (a huge value stays one short line)."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 20]}... ({len(text)} characters)"
+
+
 def load_pipeline(name_or_path: str) -> PipelineSpec:
     """Read, validate and bind a pipeline YAML file (or a shipped pipeline by name)."""
     path = find_pipeline(name_or_path)
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from error
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read: {error.strerror}") from error
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or "not UTF-8 text"
+        raise ConfigError(f"{path}: cannot read: {reason}") from error
+    document = read_yaml(text, str(path))
     try:
         return parse_pipeline(document, config_dir=path.resolve().parent)
     except ConfigError as error:
@@ -398,11 +508,11 @@ def _convert(value: Any, hint: Any, where: str, config_dir: Path, variables: dic
     if origin is typing.Literal:
         allowed = typing.get_args(hint)
         if value not in allowed:
-            raise ConfigError(f"{where}: expected one of {', '.join(map(repr, allowed))}, got {value!r}")
+            raise ConfigError(f"{where}: expected one of {', '.join(map(repr, allowed))}, got {shown(value)}")
         return value
     if origin in (list, tuple, collections.abc.Sequence):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {shown(value)}")
         item_hints = typing.get_args(hint)
         if origin is tuple and item_hints and item_hints[-1] is not Ellipsis:
             if len(value) != len(item_hints):
@@ -416,28 +526,28 @@ def _convert(value: Any, hint: Any, where: str, config_dir: Path, variables: dic
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {shown(value)}")
         return value
     if hint is Path:
         if not isinstance(value, (str, Path)):
-            raise ConfigError(f"{where}: expected a path, got {value!r}")
+            raise ConfigError(f"{where}: expected a path, got {shown(value)}")
         path = Path(value).expanduser()
         return path if path.is_absolute() else (config_dir / path)
     if hint is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+            raise ConfigError(f"{where}: expected true or false, got {shown(value)}")
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            raise ConfigError(f"{where}: expected an integer, got {shown(value)}")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+            raise ConfigError(f"{where}: expected a number, got {shown(value)}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+            raise ConfigError(f"{where}: expected a string, got {shown(value)}")
         return value
     return value
 

@@ -27,7 +27,8 @@ from engine.errors import ConfigError, SinkError
 from engine.metrics.prometheus import MetricsServer
 from engine.metrics.run import status_line
 from engine.pipeline import Pipeline
-from engine.sinks.outputs import open_outputs, source_paths
+from engine.sinks.outputs import Outputs, open_outputs, source_paths
+from engine.sources.uri import mask_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ def run_command(args: argparse.Namespace) -> int:
         drain_timeout_s=args.drain_timeout_s,
     )
     check_optional_int("--max-frames", args.max_frames, low=1)
-    check_number("--status-interval-s", args.status_interval_s, low=0, low_open=True)
+    check_number("--status-interval-s", args.status_interval_s, low=0.1, high=86_400)
     if args.sources:
         sources = parse_sources(list(args.sources), frame_policy=args.frame_policy)
     elif spec.sources:
@@ -174,7 +175,7 @@ def run_command(args: argparse.Namespace) -> int:
         pipeline, quiet=args.quiet, max_frames=args.max_frames, interval_s=args.status_interval_s
     )
     paths = source_paths(outputs.paths, ids) if len(ids) > 1 else outputs.paths
-    stop = _stop_signals(pipeline, out_dir, paths)
+    stop = _stop_signals(pipeline, out_dir, paths, outputs)
     status = "failed"
     try:
         with stop:
@@ -186,6 +187,7 @@ def run_command(args: argparse.Namespace) -> int:
             server.close()
         summary = _summary(pipeline, status, paths)
         summary_error = _write_summary(out_dir / "summary.json", summary)
+        _finish_outputs(outputs, paths, status)
     if summary_error is not None:
         raise summary_error
     _print_report(summary, out_dir, quiet=args.quiet)
@@ -196,14 +198,22 @@ def _write_summary(path: Path, summary: dict[str, Any]) -> SinkError | None:
     """Write summary.json; a failure (a full disk) is logged and returned, never raised here,
     so it cannot hide the error that ended the run."""
     try:
-        path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        # Masked once more as a whole: a secret that reached a stage's summary or an error.
+        path.write_text(mask_credentials(json.dumps(summary, indent=2)) + "\n", encoding="utf-8")
     except OSError as error:
         logger.error("cannot write %s: %s", path, error.strerror)
         return SinkError(f"cannot write {path}: {error.strerror}")
     return None
 
 
-def _stop_signals(pipeline: Pipeline, out_dir: Path, paths: dict[str, str]) -> StopSignals:
+def _finish_outputs(outputs: Outputs, paths: dict[str, str], status: str) -> None:
+    """Write the manifest of what the run produced and give up the directory's lock."""
+    if outputs.directory is not None:
+        outputs.directory.write_manifest(paths, status)
+        outputs.directory.release()
+
+
+def _stop_signals(pipeline: Pipeline, out_dir: Path, paths: dict[str, str], outputs: Outputs) -> StopSignals:
     """SIGINT/SIGTERM/SIGHUP: one graceful stop (a burst counts once); a second signal after
     the grace window, or a stop that outlasts the drain timeout plus time to finalize, exits
     at once with ``summary.json`` marked ``interrupted`` (JSONL and MP4 are valid as written)."""
@@ -212,6 +222,7 @@ def _stop_signals(pipeline: Pipeline, out_dir: Path, paths: dict[str, str]) -> S
         summary = _summary(pipeline, "interrupted", paths)
         summary["signal"] = signal.Signals(signum).name
         _write_summary(out_dir / "summary.json", summary)
+        _finish_outputs(outputs, paths, "interrupted")
 
     return StopSignals(
         pipeline.request_stop,

@@ -45,6 +45,7 @@ from engine.sources.decoding import (
     FileClock,
     check_length,
     i420_buffer_to_bgr,
+    missing_file_message,
     nominal_rate,
     probe_declared_length,
 )
@@ -200,7 +201,7 @@ class GstSource:
         if target.kind == "file":
             path = Path(target.location)
             if not path.is_file():
-                raise SourceError(f"video file not found: {target.display}")
+                raise SourceError(missing_file_message(path, target.display))
             # Raises for a readable container without video; None when PyAV cannot read it
             # (GStreamer then says why).
             self._declared = probe_declared_length(path)
