@@ -12,6 +12,7 @@ Format::
     max_wait_ms: 20                  # an incomplete batch waits this long for more frames
     workers: 1                       # batches in the leading concurrent stages (detect) at once
     on_error: fail                   # fail | skip (skip the batch, count it, go on)
+    stage_timeout_s: auto            # watchdog per stage call: auto (30 s if live) | off | seconds
     stages:
       - stage: detect                # entry-point name or package.module:Class
         name: detect                 # optional label (defaults to the stage value)
@@ -70,8 +71,10 @@ ERROR_POLICIES = ("fail", "skip")
 #: Upper bounds of the frame counts a run holds in memory at once.
 MAX_BATCH_SIZE = 256
 MAX_READ_AHEAD_FRAMES = 1024
+#: The stage watchdog's limit when ``stage_timeout_s`` is ``auto`` and a source is live.
+LIVE_STAGE_TIMEOUT_S = 30.0
 
-_SETTING_KEYS = {"device", "batch_size", "max_wait_ms", "workers", "on_error"}
+_SETTING_KEYS = {"device", "batch_size", "max_wait_ms", "workers", "on_error", "stage_timeout_s"}
 _TOP_LEVEL_KEYS = {"source", "sources", "stages", *_SETTING_KEYS}
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -123,6 +126,9 @@ class PipelineSettings:
         drain_timeout_s: After a stop request, how long queued frames are still processed.
         read_ahead_frames: Queue size per source under the ``all`` frame policy (at least
             ``batch_size`` is used).
+        stage_timeout_s: The watchdog on each stage call: seconds a call may take before it
+            counts as failed (``on_error`` decides), ``"off"``, or ``"auto"``: 30 s when a
+            source is live, off for files (a slow machine must not fail an offline job).
     """
 
     device: Device = CPU
@@ -132,6 +138,7 @@ class PipelineSettings:
     workers: int = 1
     drain_timeout_s: float = 10.0
     read_ahead_frames: int = 8
+    stage_timeout_s: float | str = "auto"
 
     def __post_init__(self) -> None:
         # object.__setattr__: the dataclass is frozen, and these are normalizations of
@@ -149,6 +156,29 @@ class PipelineSettings:
             self, "drain_timeout_s", check_number("drain_timeout_s", self.drain_timeout_s, low=0, high=3600)
         )
         check_int("read_ahead_frames", self.read_ahead_frames, low=1, high=MAX_READ_AHEAD_FRAMES)
+        object.__setattr__(self, "stage_timeout_s", _check_stage_timeout(self.stage_timeout_s))
+
+    def stage_timeout_for(self, live: bool) -> float | None:
+        """The watchdog limit of a run (None: off), with ``"auto"`` resolved for ``live``."""
+        if self.stage_timeout_s == "off":
+            return None
+        if self.stage_timeout_s == "auto":
+            return LIVE_STAGE_TIMEOUT_S if live else None
+        return float(self.stage_timeout_s)
+
+
+def _check_stage_timeout(value: Any) -> float | str:
+    """``"auto"``, ``"off"``, or seconds in (0, 3600] (a numeric string is taken as seconds)."""
+    if value in ("auto", "off"):
+        return str(value)
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ConfigError(
+                f"stage_timeout_s: expected auto, off or a number of seconds, got {shown(value)}"
+            ) from None
+    return check_number("stage_timeout_s", value, low=0, low_open=True, high=3600)
 
 
 @dataclass(frozen=True)

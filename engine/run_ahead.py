@@ -26,8 +26,10 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from engine.batching import Marker
+from engine.errors import StageTimeoutError
 from engine.frame import Batch
 from engine.stage import NamedStage, check_stage_output
 
@@ -67,18 +69,24 @@ class StageRun:
     drops: list[tuple[str, str]] = field(default_factory=list)
 
 
-def run_stages(run: StageRun, stages: Sequence[NamedStage]) -> StageRun:
+def run_stages(
+    run: StageRun, stages: Sequence[NamedStage], watchdog: StageWatchdog | None = None
+) -> StageRun:
     """Run ``stages`` on ``run.batch`` in order, stopping at the first that raises.
 
     Touches nothing but ``run`` and the stages, so it may run on any thread; the caller
-    records the timings and handles the error.
+    records the timings and handles the error. With a ``watchdog``, a call that does not
+    return in time fails with :class:`~engine.errors.StageTimeoutError`.
     """
     for named in stages:
         if run.error is not None or not run.batch.frames:  # failed, or every frame dropped
             break
         started_ns = time.monotonic_ns()
         try:
-            run.batch = call_stage(named, run.batch, run.drops)
+            if watchdog is None:
+                run.batch = call_stage(named, run.batch, run.drops)
+            else:
+                run.batch = watchdog.call(named, run.batch, run.drops)
         except Exception as error:
             run.failed_stage, run.error = named.name, error
         run.timings.append(StageTiming(named.name, started_ns, time.monotonic_ns(), len(run.batch)))
@@ -106,6 +114,70 @@ def call_stage(named: NamedStage, batch: Batch, drops: list[tuple[str, str]]) ->
     return returned
 
 
+class StageWatchdog:
+    """Gives up on stage calls that do not return within ``timeout_s``.
+
+    Each call runs on a daemon thread while the caller waits at most ``timeout_s``; a call
+    that is not back by then raises :class:`~engine.errors.StageTimeoutError` for the batch
+    (the pipeline's ``on_error`` policy decides: skip it, or end the run) and the stage is
+    *hung* until that call returns: later calls fail at once without entering it, so a
+    stateful stage is never entered twice. Python cannot cancel a thread; the hung one is a
+    daemon and never holds up the process's exit.
+
+    Args:
+        timeout_s: Longest a stage call may take.
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._hung: dict[str, tuple[threading.Event, float]] = {}
+        self._lock = threading.Lock()
+
+    def hung(self, stage_name: str) -> bool:
+        """True while a call of ``stage_name`` that timed out has not returned."""
+        with self._lock:
+            entry = self._hung.get(stage_name)
+        return entry is not None and not entry[0].is_set()
+
+    def call(self, named: NamedStage, batch: Batch, drops: list[tuple[str, str]]) -> Batch:
+        """:func:`call_stage` under the time limit (same arguments, result and errors)."""
+        with self._lock:
+            entry = self._hung.get(named.name)
+        if entry is not None and not entry[0].is_set():
+            raise StageTimeoutError(
+                f"stage '{named.name}' is still in a call that hung {time.monotonic() - entry[1]:.0f} s "
+                f"ago (limit {self.timeout_s:g} s); not entered again"
+            )
+        done = threading.Event()
+        outcome: list[Any] = []
+        own_drops: list[tuple[str, str]] = []
+
+        def target() -> None:
+            try:
+                outcome.append(("ok", call_stage(named, batch, own_drops)))
+            except BaseException as error:  # handed to the caller's thread
+                outcome.append(("error", error))
+            finally:
+                done.set()
+
+        thread = threading.Thread(target=target, name=f"vistream-stage-{named.name}", daemon=True)
+        thread.start()
+        if not done.wait(self.timeout_s):
+            with self._lock:
+                self._hung[named.name] = (done, time.monotonic())
+            logger.error(
+                "stage '%s' did not return within %g s; it is skipped until that call returns",
+                named.name,
+                self.timeout_s,
+            )
+            raise StageTimeoutError(f"stage '{named.name}' did not return within {self.timeout_s:g} s")
+        kind, value = outcome[0]
+        if kind == "error":
+            raise value
+        drops.extend(own_drops)
+        return value  # type: ignore[no-any-return]
+
+
 @dataclass(frozen=True)
 class _FeedFailed:
     error: BaseException
@@ -127,6 +199,7 @@ class RunAhead:
         stages: The leading concurrent stages.
         workers: Threads, i.e. batches in the stages at once.
         stop: Set on :meth:`close` so ``items`` stops taking frames (the pipeline's stop).
+        watchdog: Limits each stage call (None: no limit).
     """
 
     def __init__(
@@ -137,9 +210,11 @@ class RunAhead:
         workers: int,
         stop: threading.Event,
         join_timeout_s: float = 5.0,
+        watchdog: StageWatchdog | None = None,
     ) -> None:
         self._items = items
         self._stages = list(stages)
+        self._watchdog = watchdog
         self._stop = stop
         self._join_timeout_s = join_timeout_s
         self._closing = threading.Event()
@@ -168,7 +243,7 @@ class RunAhead:
             for item in self._items:
                 entry: object = item  # a marker goes through as it is
                 if isinstance(item, Batch):
-                    entry = self._pool.submit(run_stages, StageRun(item), self._stages)
+                    entry = self._pool.submit(run_stages, StageRun(item), self._stages, self._watchdog)
                 if not self._hand_over(entry):
                     return
         except BaseException as error:  # a bug in the batcher: the caller raises it

@@ -82,7 +82,14 @@ def add_subcommand(subparsers: Any) -> None:
         "--drain-timeout-s",
         type=float,
         default=None,
-        help="on SIGINT/SIGTERM, how long queued frames are still processed (default 10)",
+        help="on SIGINT/SIGTERM/SIGHUP, how long queued frames are still processed (default 10); "
+        "a stop that takes 10 s longer than this exits at once, summary marked interrupted",
+    )
+    run.add_argument(
+        "--stage-timeout-s",
+        default=None,
+        help="watchdog per stage call: seconds, off, or auto (30 s for live sources, off for files); "
+        "a call that takes longer fails under the pipeline's on_error policy",
     )
     run.add_argument(
         "--metrics-port",
@@ -150,6 +157,7 @@ def run_command(args: argparse.Namespace) -> int:
         max_wait_ms=args.max_wait_ms,
         workers=args.workers,
         drain_timeout_s=args.drain_timeout_s,
+        stage_timeout_s=args.stage_timeout_s,
     )
     check_optional_int("--max-frames", args.max_frames, low=1)
     check_number("--status-interval-s", args.status_interval_s, low=0.1, high=86_400)
