@@ -14,6 +14,7 @@ registry refuses such a class with that list).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,8 +161,8 @@ def check_stage_output(stage_name: str, given: list[tuple[str, int]], returned: 
     keys = [(frame.source_id, frame.index) for frame in returned.frames]
     if keys == expected:
         return returned
-    missing = [key for key in expected if key not in keys]
-    extra = [key for key in keys if key not in expected or keys.count(key) > 1]
+    missing = list((Counter(expected) - Counter(keys)).elements())
+    extra = list((Counter(keys) - Counter(expected)).elements())
     if missing:
         problem = f"lost {len(missing)} of {len(expected)} frames (first: {_frame_name(missing[0])})"
     elif extra:

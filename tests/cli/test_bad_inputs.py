@@ -153,8 +153,7 @@ def test_hostile_inputs_exit_2_with_one_line(case: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.fault(
-    "Malformed source URIs: RTSP port 99999 or `http`, a malformed IPv6 host, an unknown scheme, a "
-    "directory",
+    "Malformed source URIs: RTSP port 99999 or `http`, a malformed IPv6 host, an unknown scheme, a directory",
     "User error at start-up (exit 2, one line, password masked), never a reconnect loop",
 )
 @pytest.mark.parametrize("case", list(SOURCE_CASES))
@@ -177,7 +176,13 @@ def test_live_source_without_gstreamer_exits_2(tmp_path: Path) -> None:
     env_path = f"{hidden}:{REPO_ROOT}"
     for uri in ("test://?fps=15", "rtsp://admin:hunter2@127.0.0.1:9/cam"):
         result = subprocess.run(
-            [sys.executable, "-c", "import sys; from engine.cli.main import main; sys.exit(main())", "run", uri]
+            [
+                sys.executable,
+                "-c",
+                "import sys; from engine.cli.main import main; sys.exit(main())",
+                "run",
+                uri,
+            ]
             + ["--pipeline", str(tmp_path / "p.yaml"), "--out", str(tmp_path / "out"), "--quiet"],
             capture_output=True,
             text=True,
