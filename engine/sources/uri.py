@@ -45,14 +45,17 @@ TEST_PATTERNS = frozenset(
 _TEST_PARAMS = ("width", "height", "fps", "pattern", "frames", "live")
 _V4L2_DEVICE = re.compile(r"^/dev/video\d+$")
 # scheme://user:password@ in free text: the password runs to the last '@' of the word.
-_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*):[^\s]*@")
+# Quotes end it too (a URI inside JSON or a repr).
+_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s\"']*):[^\s\"']*@")
 #: Query parameters whose values are secrets (compared case-insensitively).
 SECRET_PARAMETERS = frozenset(
     "password passwd pwd pass passphrase token access_token auth auth_token authorization key "
     "apikey api_key secret client_secret signature sig credential credentials session".split()
 )
 _SECRET_QUERY = re.compile(
-    r"(?P<head>[?&;](?:" + "|".join(sorted(SECRET_PARAMETERS, key=len, reverse=True)) + r")=)[^&;#\s]*",
+    r"(?P<head>[?&;](?:"
+    + "|".join(sorted(SECRET_PARAMETERS, key=len, reverse=True))
+    + r")=)[^&;#\s\"'<>(),:]*",
     re.IGNORECASE,
 )
 _MIN_SECRET_CHARS = 3  # shorter values would mask ordinary words; the patterns still catch them
