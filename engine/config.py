@@ -365,8 +365,9 @@ def read_yaml(text: str, where: str, *, error: type[EngineError] = ConfigError) 
     """
     if len(text) > MAX_YAML_BYTES:
         raise error(f"{where}: {len(text)} bytes is too large for a config (at most {MAX_YAML_BYTES})")
-    loader = _StrictLoader(text)
+    loader = None
     try:
+        loader = _StrictLoader(text)  # its reader refuses control characters at once
         node = loader.get_single_node()  # type: ignore[no-untyped-call]
         if node is None:
             return None
@@ -388,7 +389,8 @@ def read_yaml(text: str, where: str, *, error: type[EngineError] = ConfigError) 
     except RecursionError:
         raise error(f"{where}: the YAML is nested too deeply") from None
     finally:
-        loader.dispose()  # type: ignore[no-untyped-call]
+        if loader is not None:
+            loader.dispose()  # type: ignore[no-untyped-call]
 
 
 def _clip(value: Any, limit: int = 120) -> str:

@@ -174,7 +174,10 @@ def parse_uri(uri: str) -> SourceUri:
     if scheme == "test":
         return SourceUri(kind="test", location="", display=uri, test=_parse_test(uri))
     if scheme == "file":
-        parts = urlsplit(uri)
+        try:
+            parts = urlsplit(uri)
+        except ValueError as error:
+            raise ConfigError(f"malformed file URI {uri!r}: {error}") from None
         if parts.netloc not in ("", "localhost"):
             raise ConfigError(f"file URI must name a local file, got host {parts.netloc!r}")
         path = str(Path(unquote(parts.path)).absolute())
@@ -234,7 +237,10 @@ def _parse_rtsp(uri: str, scheme: str) -> SourceUri:
 
 
 def _parse_test(uri: str) -> TestPattern:
-    parts = urlsplit(uri)
+    try:
+        parts = urlsplit(uri)
+    except ValueError as error:
+        raise ConfigError(f"malformed test URI {uri!r}: {error}") from None
     if parts.netloc or parts.path not in ("", "/"):
         raise ConfigError(
             f"test source takes only query parameters (test://?width=640&height=480), got {uri!r}"
