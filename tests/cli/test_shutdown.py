@@ -83,6 +83,12 @@ def sources(tmp_path: Path) -> list[str]:
     return [str(highway), str(people), "test://?width=160&height=120&fps=30"]
 
 
+@pytest.mark.fault(
+    "SIGTERM / Ctrl-C mid-run (one or many sources)",
+    "Intake stops, queued frames drained (`--drain-timeout-s`, 10 s default), every sink finalized: "
+    'playable MP4s with every written frame, complete JSONL, `summary.json` with `"status": "stopped"`, '
+    "exit 0",
+)
 def test_sigterm_mid_run_finalizes_every_source(tmp_path: Path) -> None:
     out = tmp_path / "out"
     process = start(out, slow_pipeline(tmp_path, 0.01), *sources(tmp_path))
@@ -105,6 +111,10 @@ def test_sigterm_mid_run_finalizes_every_source(tmp_path: Path) -> None:
         assert frames == sorted(set(frames))
 
 
+@pytest.mark.fault(
+    "A stop with more queued frames than the drain timeout allows",
+    "Frames left after `--drain-timeout-s` are discarded with a warning; outputs finalized; `stopped`",
+)
 def test_drain_timeout_bounds_the_time_to_stop(tmp_path: Path) -> None:
     out = tmp_path / "out"
     # 0.3 s per batch of 2 and up to 8 queued frames per file: draining all would take ~2.5 s.
