@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -42,8 +43,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def reopen_closed_std_streams() -> list[int]:
+    """Point closed stdin/stdout/stderr at /dev/null before anything opens a file.
+
+    With fd 2 closed (``2>&-``, a daemon manager), Python sets ``sys.stderr`` to None and the
+    first progress bar or log line ends the run; worse, the next file opened (``events.jsonl``)
+    would get fd 2 and every native library's message would be written into it.
+
+    Returns:
+        The descriptors that were closed and now lead to /dev/null.
+    """
+    reopened = []
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        null = os.open(os.devnull, os.O_RDWR)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))  # noqa: SIM115
+        reopened.append(fd)
+    return reopened
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `vistream` console script."""
+    reopen_closed_std_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
     quiet = getattr(args, "quiet", False)

@@ -192,3 +192,22 @@ def test_live_source_without_gstreamer_exits_2(tmp_path: Path) -> None:
         )
         line = error_line(result)
         assert "needs GStreamer" in line and "hunter2" not in line
+
+
+@pytest.mark.fault(
+    "stdout and stderr closed (`vistream run ... >&- 2>&-`, a daemon manager)",
+    "The run completes (exit 0, every frame written): closed standard descriptors are pointed at "
+    "/dev/null before any file is opened, so no output file can take fd 2",
+)
+def test_closed_stderr_does_not_end_the_run(tmp_path: Path) -> None:
+    needs_gst()
+    out = tmp_path / "out"
+    (tmp_path / "p.yaml").write_text("stages:\n  - stage: track\n")
+    command = (
+        f"exec {sys.executable} -m engine.cli run 'test://?width=64&height=48&frames=40' "
+        f"--pipeline {tmp_path / 'p.yaml'} --out {out} >&- 2>&-"
+    )
+    result = subprocess.run(["sh", "-c", command], cwd=REPO_ROOT, timeout=120)
+    assert result.returncode == 0
+    assert (out / "events.jsonl").read_text().count("\n") == 40
+    assert json.loads((out / "summary.json").read_text())["status"] == "completed"
