@@ -19,6 +19,7 @@ from engine.cli.export import model as export
 from engine.cli.secrets import mask_log_handlers, mask_process_title, one_line
 from engine.errors import EngineError
 from engine.registry import first_doc_line, installed_stages, resolve_stage
+from engine.sources.gst import prefer_gnu_unwinder
 from engine.sources.uri import parse_uri
 
 logger = logging.getLogger("vistream")
@@ -72,6 +73,7 @@ def reopen_closed_std_streams() -> list[int]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `vistream` console script."""
     reopen_closed_std_streams()
+    prefer_gnu_unwinder()  # before a plugin could load GStreamer on its own
     parser = build_parser()
     args = parser.parse_args(argv)
     quiet = getattr(args, "quiet", False)
