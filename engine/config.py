@@ -151,7 +151,7 @@ class PipelineSettings:
         object.__setattr__(
             self, "max_wait_ms", check_number("max_wait_ms", self.max_wait_ms, low=0, high=60_000)
         )
-        check_int("workers", self.workers, low=1, high=64)
+        check_int("workers", self.workers, low=1)
         object.__setattr__(
             self, "drain_timeout_s", check_number("drain_timeout_s", self.drain_timeout_s, low=0, high=3600)
         )

@@ -114,10 +114,23 @@ def call_stage(named: NamedStage, batch: Batch, drops: list[tuple[str, str]]) ->
     return returned
 
 
+class _Worker:
+    """A daemon thread that runs the calls it is given, one at a time, until given None."""
+
+    def __init__(self) -> None:
+        self.tasks: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        threading.Thread(target=self._loop, name="vistream-stage-call", daemon=True).start()
+
+    def _loop(self) -> None:
+        while (task := self.tasks.get()) is not None:
+            task()
+
+
 class StageWatchdog:
     """Gives up on stage calls that do not return within ``timeout_s``.
 
-    Each call runs on a daemon thread while the caller waits at most ``timeout_s``; a call
+    Each call runs on a daemon worker thread (kept and reused while calls return in time)
+    while the caller waits at most ``timeout_s``; a call
     that is not back by then raises :class:`~engine.errors.StageTimeoutError` for the batch
     (the pipeline's ``on_error`` policy decides: skip it, or end the run) and the stage is
     *hung* until that call returns: later calls fail at once without entering it, so a
@@ -131,6 +144,7 @@ class StageWatchdog:
     def __init__(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
         self._hung: dict[str, tuple[threading.Event, float]] = {}
+        self._idle: list[_Worker] = []
         self._lock = threading.Lock()
 
     def hung(self, stage_name: str) -> bool:
@@ -160,9 +174,14 @@ class StageWatchdog:
             finally:
                 done.set()
 
-        thread = threading.Thread(target=target, name=f"vistream-stage-{named.name}", daemon=True)
-        thread.start()
-        if not done.wait(self.timeout_s):
+        with self._lock:
+            worker = self._idle.pop() if self._idle else _Worker()
+        worker.tasks.put(target)
+        if done.wait(self.timeout_s):
+            with self._lock:
+                self._idle.append(worker)  # reused: no thread start per call
+        else:
+            worker.tasks.put(None)  # retire it once the hung call returns
             with self._lock:
                 self._hung[named.name] = (done, time.monotonic())
             logger.error(

@@ -74,7 +74,8 @@ def check_checkpoint_globals(path: Path) -> None:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
     except Exception as error:  # noqa: BLE001 - zip, pickle and torch errors alike: not a checkpoint
         raise ModelError(
-            f"cannot load {path}: not a PyTorch checkpoint written by torch.save ({type(error).__name__})"
+            f"cannot load {path} with PyTorch: not a checkpoint written by torch.save "
+            f"({type(error).__name__})"
         ) from None
     for name in names:
         if name in _SAFE_GLOBALS:

