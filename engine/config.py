@@ -37,9 +37,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, cast
 
-import yaml
-
-from engine.checks import check_choice, check_int, check_number, check_str, shown
+from engine.checks import check_choice, check_int, check_number, check_str, read_yaml, shown
 from engine.device import CPU, Device, parse_device
 from engine.errors import ConfigError, EngineError
 from engine.registry import resolve_stage
@@ -290,113 +288,6 @@ def find_pipeline(name_or_path: str) -> Path:
         return shipped
     names = ", ".join(sorted(p.stem for p in PIPELINES_DIR.glob("*.yaml")))
     raise ConfigError(f"pipeline '{name_or_path}' is neither a file nor a shipped pipeline ({names})")
-
-
-#: Largest YAML file (pipeline or calibration) read, in bytes: a config, not a data set.
-MAX_YAML_BYTES = 1 << 20
-#: Most values a YAML document may hold once its aliases are expanded (an alias bomb's
-#: nine nested lists hold 10^9).
-MAX_YAML_VALUES = 100_000
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, with duplicate mapping keys refused (PyYAML keeps the last
-    silently: a second ``stages:`` would drop the first list without a word)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, yaml.Node] = {}
-        for key_node, _value_node in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
-            try:
-                first = seen.get(key)
-            except TypeError:  # an unhashable key: the base class says so
-                break
-            if first is not None:
-                raise ConfigError(
-                    f"duplicate key {_clip(key)!r} at line {key_node.start_mark.line + 1} "
-                    f"(first at line {first.start_mark.line + 1})"
-                )
-            seen[key] = key_node
-        return super().construct_mapping(node, deep=deep)
-
-
-class _AliasBomb(Exception):
-    """Internal: the document expands past :data:`MAX_YAML_VALUES`."""
-
-
-def _expanded_values(node: yaml.Node, limit: int) -> int:
-    """How many values ``node`` holds with every alias expanded, counting up to ``limit``."""
-    counts: dict[int, int] = {}
-
-    def count(current: yaml.Node) -> int:
-        known = counts.get(id(current))
-        if known is not None:
-            return known
-        total = 1
-        if isinstance(current, yaml.SequenceNode):
-            children: list[yaml.Node] = list(current.value)
-        elif isinstance(current, yaml.MappingNode):
-            children = [child for pair in current.value for child in pair]
-        else:
-            children = []
-        for child in children:
-            total += count(child)
-            if total > limit:
-                break
-        counts[id(current)] = total
-        return total
-
-    return count(node)
-
-
-def read_yaml(text: str, where: str, *, error: type[EngineError] = ConfigError) -> Any:
-    """Parse a YAML config safely: bounded size and alias expansion, no duplicate keys.
-
-    Args:
-        text: The document.
-        where: The file, for messages.
-        error: The class of the error raised (``CalibrationError`` for calibrations).
-
-    Raises:
-        EngineError: Of class ``error``, one line: too large, an alias bomb, a duplicate key,
-            a Python tag, or malformed YAML (with line and column).
-    """
-    if len(text) > MAX_YAML_BYTES:
-        raise error(f"{where}: {len(text)} bytes is too large for a config (at most {MAX_YAML_BYTES})")
-    loader = None
-    try:
-        loader = _StrictLoader(text)  # its reader refuses control characters at once
-        node = loader.get_single_node()  # type: ignore[no-untyped-call]
-        if node is None:
-            return None
-        if _expanded_values(node, MAX_YAML_VALUES) > MAX_YAML_VALUES:
-            raise _AliasBomb
-        return loader.construct_document(node)  # type: ignore[no-untyped-call]
-    except _AliasBomb:
-        raise error(
-            f"{where}: the YAML expands to more than {MAX_YAML_VALUES} values through its "
-            "aliases (an alias bomb?)"
-        ) from None
-    except yaml.YAMLError as problem:
-        mark = getattr(problem, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        detail = getattr(problem, "problem", None) or str(problem).splitlines()[0]
-        raise error(f"{where}: malformed YAML{at}: {_clip(detail)}") from None
-    except ConfigError as problem:
-        raise error(f"{where}: {problem}") from None
-    except RecursionError:
-        raise error(f"{where}: the YAML is nested too deeply") from None
-    finally:
-        if loader is not None:
-            loader.dispose()  # type: ignore[no-untyped-call]
-
-
-def _clip(value: Any, limit: int = 120) -> str:
-    """``repr``-free short text of a value for messages (a huge value stays one short line)."""
-    text = value if isinstance(value, str) else repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 20]}... ({len(text)} characters)"
 
 
 def load_pipeline(name_or_path: str) -> PipelineSpec:

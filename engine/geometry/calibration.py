@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from engine.checks import shown
-from engine.config import describe_lookup, read_yaml
+from engine.checks import read_yaml, shown
+from engine.config import describe_lookup
 from engine.errors import CalibrationError
 from engine.geometry import plane as geometry
 

@@ -11,7 +11,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.config import parse_pipeline, read_yaml
+from engine.checks import read_yaml
+from engine.config import parse_pipeline
 from engine.errors import EngineError
 from engine.geometry.calibration import Calibration
 from engine.sources.spec import parse_sources
