@@ -454,7 +454,10 @@ def _convert(value: Any, hint: Any, where: str, config_dir: Path, variables: dic
     if hint is Path:
         if not isinstance(value, (str, Path)):
             raise ConfigError(f"{where}: expected a path, got {shown(value)}")
-        path = Path(value).expanduser()
+        try:
+            path = Path(value).expanduser()
+        except RuntimeError:  # "~name" of a user that does not exist
+            raise ConfigError(f"{where}: cannot expand {shown(value)}: no such user") from None
         return path if path.is_absolute() else (config_dir / path)
     if hint is bool:
         if not isinstance(value, bool):

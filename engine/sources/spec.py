@@ -133,7 +133,7 @@ def _parse_source(place: str, entry: Any, config_dir: Path | None, frame_policy:
     except ConfigError as error:
         raise ConfigError(f"{place}: {error}") from error
     if target is not None and target.kind == "file" and config_dir is not None and "://" not in uri:
-        path = Path(uri).expanduser()
+        path = Path(uri).expanduser()  # cannot raise: parse_uri expanded it already
         uri = str(path if path.is_absolute() else config_dir / path)
     place = f"{place} ({mask_credentials(uri)})"
     source_id = entry.get("id")

@@ -189,7 +189,10 @@ def parse_uri(uri: str) -> SourceUri:
         )
     if _V4L2_DEVICE.match(uri):
         return SourceUri(kind="v4l2", location=uri, display=uri)
-    path = str(Path(uri).expanduser().absolute())
+    try:
+        path = str(Path(uri).expanduser().absolute())
+    except RuntimeError:  # "~name" of a user that does not exist
+        raise ConfigError(f"cannot expand {uri!r}: no such user's home directory") from None
     return SourceUri(kind="file", location=path, display=path)
 
 
