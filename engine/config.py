@@ -12,6 +12,7 @@ Format::
     max_wait_ms: 20                  # an incomplete batch waits this long for more frames
     workers: 1                       # batches in the leading concurrent stages (detect) at once
     on_error: fail                   # fail | skip (skip the batch, count it, go on)
+    stage_timeout_s: auto            # watchdog per stage call: auto (30 s if live) | off | seconds
     stages:
       - stage: detect                # entry-point name or package.module:Class
         name: detect                 # optional label (defaults to the stage value)
@@ -37,9 +38,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, cast
 
-import yaml
-
-from engine.checks import check_choice, check_int, check_number, check_str
+from engine.checks import check_choice, check_int, check_number, check_str, read_yaml, shown
 from engine.device import CPU, Device, parse_device
 from engine.errors import ConfigError, EngineError
 from engine.locations import default_variables
@@ -69,7 +68,13 @@ PIPELINES_DIR = Path(__file__).parent / "pipelines"
 #: What a pipeline does when a stage raises: stop the run, or skip the batch and count it.
 ERROR_POLICIES = ("fail", "skip")
 
-_SETTING_KEYS = {"device", "batch_size", "max_wait_ms", "workers", "on_error"}
+#: Upper bounds of the frame counts a run holds in memory at once.
+MAX_BATCH_SIZE = 256
+MAX_READ_AHEAD_FRAMES = 1024
+#: The stage watchdog's limit when ``stage_timeout_s`` is ``auto`` and a source is live.
+LIVE_STAGE_TIMEOUT_S = 30.0
+
+_SETTING_KEYS = {"device", "batch_size", "max_wait_ms", "workers", "on_error", "stage_timeout_s"}
 _TOP_LEVEL_KEYS = {"source", "sources", "stages", *_SETTING_KEYS}
 #: A value with a URI scheme (``triton://``, ``rtsp://``...): a ``Path`` argument never takes it.
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -123,6 +128,9 @@ class PipelineSettings:
         drain_timeout_s: After a stop request, how long queued frames are still processed.
         read_ahead_frames: Queue size per source under the ``all`` frame policy (at least
             ``batch_size`` is used).
+        stage_timeout_s: The watchdog on each stage call: seconds a call may take before it
+            counts as failed (``on_error`` decides), ``"off"``, or ``"auto"``: 30 s when a
+            source is live, off for files (a slow machine must not fail an offline job).
     """
 
     device: Device = CPU
@@ -132,19 +140,47 @@ class PipelineSettings:
     workers: int = 1
     drain_timeout_s: float = 10.0
     read_ahead_frames: int = 8
+    stage_timeout_s: float | str = "auto"
 
     def __post_init__(self) -> None:
         # object.__setattr__: the dataclass is frozen, and these are normalizations of
         # the values just given (a device string parsed, an int timeout made a float).
         object.__setattr__(self, "device", parse_device(self.device))
-        check_int("batch_size", self.batch_size, low=1)
+        # Upper bounds: memory grows with batch_size x read-ahead x sources, and a value far
+        # past any real use is a typo (--batch-size 100000 once took 3.8 GB before failing).
+        check_int("batch_size", self.batch_size, low=1, high=MAX_BATCH_SIZE)
         check_choice("on_error", self.on_error, ERROR_POLICIES)
-        object.__setattr__(self, "max_wait_ms", check_number("max_wait_ms", self.max_wait_ms, low=0))
+        object.__setattr__(
+            self, "max_wait_ms", check_number("max_wait_ms", self.max_wait_ms, low=0, high=60_000)
+        )
         check_int("workers", self.workers, low=1)
         object.__setattr__(
-            self, "drain_timeout_s", check_number("drain_timeout_s", self.drain_timeout_s, low=0)
+            self, "drain_timeout_s", check_number("drain_timeout_s", self.drain_timeout_s, low=0, high=3600)
         )
-        check_int("read_ahead_frames", self.read_ahead_frames, low=1)
+        check_int("read_ahead_frames", self.read_ahead_frames, low=1, high=MAX_READ_AHEAD_FRAMES)
+        object.__setattr__(self, "stage_timeout_s", _check_stage_timeout(self.stage_timeout_s))
+
+    def stage_timeout_for(self, live: bool) -> float | None:
+        """The watchdog limit of a run (None: off), with ``"auto"`` resolved for ``live``."""
+        if self.stage_timeout_s == "off":
+            return None
+        if self.stage_timeout_s == "auto":
+            return LIVE_STAGE_TIMEOUT_S if live else None
+        return float(self.stage_timeout_s)
+
+
+def _check_stage_timeout(value: Any) -> float | str:
+    """``"auto"``, ``"off"``, or seconds in (0, 3600] (a numeric string is taken as seconds)."""
+    if value in ("auto", "off"):
+        return str(value)
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ConfigError(
+                f"stage_timeout_s: expected auto, off or a number of seconds, got {shown(value)}"
+            ) from None
+    return check_number("stage_timeout_s", value, low=0, low_open=True, high=3600)
 
 
 @dataclass(frozen=True)
@@ -215,14 +251,11 @@ def load_pipeline(name_or_path: str) -> PipelineSpec:
     """Read, validate and bind a pipeline YAML file (or a shipped pipeline by name)."""
     path = find_pipeline(name_or_path)
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from error
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read: {error.strerror}") from error
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or "not UTF-8 text"
+        raise ConfigError(f"{path}: cannot read: {reason}") from error
+    document = read_yaml(text, str(path))
     try:
         return parse_pipeline(document, config_dir=path.resolve().parent)
     except ConfigError as error:
@@ -356,11 +389,11 @@ def _convert(value: Any, hint: Any, where: str, config_dir: Path, variables: dic
     if origin is typing.Literal:
         allowed = typing.get_args(hint)
         if value not in allowed:
-            raise ConfigError(f"{where}: expected one of {', '.join(map(repr, allowed))}, got {value!r}")
+            raise ConfigError(f"{where}: expected one of {', '.join(map(repr, allowed))}, got {shown(value)}")
         return value
     if origin in (list, tuple, collections.abc.Sequence):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {shown(value)}")
         item_hints = typing.get_args(hint)
         if origin is tuple and item_hints and item_hints[-1] is not Ellipsis:
             if len(value) != len(item_hints):
@@ -374,31 +407,34 @@ def _convert(value: Any, hint: Any, where: str, config_dir: Path, variables: dic
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {shown(value)}")
         return value
     if hint is Path:
         if not isinstance(value, (str, Path)):
-            raise ConfigError(f"{where}: expected a path, got {value!r}")
+            raise ConfigError(f"{where}: expected a path, got {shown(value)}")
         if isinstance(value, str) and _URI.match(value):
             # Never resolved as a file; an argument typed ``Path | str`` takes it as a string.
-            raise ConfigError(f"{where}: expected a file path, got the URI {value!r}")
-        path = Path(value).expanduser()
+            raise ConfigError(f"{where}: expected a file path, got the URI {shown(value)}")
+        try:
+            path = Path(value).expanduser()
+        except RuntimeError:  # "~name" of a user that does not exist
+            raise ConfigError(f"{where}: cannot expand {shown(value)}: no such user") from None
         return path if path.is_absolute() else (config_dir / path)
     if hint is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+            raise ConfigError(f"{where}: expected true or false, got {shown(value)}")
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            raise ConfigError(f"{where}: expected an integer, got {shown(value)}")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+            raise ConfigError(f"{where}: expected a number, got {shown(value)}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+            raise ConfigError(f"{where}: expected a string, got {shown(value)}")
         return value
     return value
 

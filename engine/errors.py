@@ -37,3 +37,16 @@ class CalibrationError(EngineError):
 
 class StageError(EngineError):
     """A stage raised while processing a batch (under the `fail` error policy)."""
+
+
+class StageContractError(StageError):
+    """A stage returned something other than its batch: not a Batch, or frames lost, added,
+    replaced or reordered without a declared drop (see :meth:`engine.frame.Batch.drop`)."""
+
+
+class StageTimeoutError(StageError):
+    """A stage call did not return within the pipeline's ``stage_timeout_s``."""
+
+
+class OutputBusyError(SinkError):
+    """The output directory is in use by another run (it holds the lock)."""

@@ -108,9 +108,34 @@ class Frame:
 
 @dataclass
 class Batch:
-    """A sequence of frames, possibly from several sources, processed together by each stage."""
+    """A sequence of frames, possibly from several sources, processed together by each stage.
+
+    A stage returns the batch it was given: the same frames (by source and index), in the same
+    order. The one way to return fewer is :meth:`drop`, which says why; the pipeline counts
+    and reports every drop (``dropped_by_stage`` in the summary) and refuses any other change.
+
+    Attributes:
+        frames: The frames, in order.
+        dropped: Frames taken out by :meth:`drop` during the current stage call, with reasons.
+    """
 
     frames: list[Frame]
+    dropped: list[tuple[Frame, str]] = field(default_factory=list)
+
+    def drop(self, frame: Frame, reason: str) -> None:
+        """Take ``frame`` out of the batch on purpose; ``reason`` is counted and reported.
+
+        Raises:
+            ValueError: ``frame`` is not in the batch, or ``reason`` is empty.
+        """
+        if not isinstance(reason, str) or not reason.strip():
+            raise ValueError("a dropped frame needs a reason (a non-empty string)")
+        for position, candidate in enumerate(self.frames):
+            if candidate is frame:
+                del self.frames[position]
+                self.dropped.append((frame, reason))
+                return
+        raise ValueError(f"frame {frame.source_id}/{frame.index} is not in this batch")
 
     def __len__(self) -> int:
         return len(self.frames)

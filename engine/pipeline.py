@@ -36,7 +36,7 @@ from engine.config import PipelineSettings, PipelineSpec
 from engine.errors import ConfigError, EngineError, SourceError
 from engine.frame import Batch, SourceInfo
 from engine.metrics.run import RunMetrics
-from engine.run_ahead import RunAhead, StageRun, run_stages
+from engine.run_ahead import RunAhead, StageRun, StageWatchdog, run_stages
 from engine.sinks.base import Sink
 from engine.sources.base import Feed, SegmentedSource, Source
 from engine.sources.uri import mask_credentials
@@ -106,6 +106,7 @@ class Pipeline:
         self._stop = threading.Event()
         self._logged_errors: set[str] = set()
         self._pending_events: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self._watchdog: StageWatchdog | None = None
 
     @classmethod
     def from_spec(
@@ -201,10 +202,11 @@ class Pipeline:
                 )
             context = Context(device=settings.device, sources=self._infos, config_dir=self.config_dir)
             ahead_stages = self.ahead_stages()
+            self._watchdog = self._make_watchdog()
             for named in self.stages:
                 # Registered before open() so a stage that fails halfway through opening
                 # still gets the chance to release what it had allocated.
-                stack.callback(_close_quietly, f"stage '{named.name}'", named.stage.close)
+                stack.callback(self._close_stage, named)
                 try:
                     named.stage.open(
                         replace(context, workers=settings.workers) if named in ahead_stages else context
@@ -227,7 +229,9 @@ class Pipeline:
             batcher.start()
             items: Iterable[Batch | StageRun | Marker] = batcher
             if ahead_stages:
-                ahead = RunAhead(batcher, ahead_stages, workers=settings.workers, stop=self._stop)
+                ahead = RunAhead(
+                    batcher, ahead_stages, workers=settings.workers, stop=self._stop, watchdog=self._watchdog
+                )
                 stack.callback(ahead.close)
                 items = ahead
             for item in items:
@@ -248,6 +252,22 @@ class Pipeline:
                 + "; ".join(f"{source_id}: {error}" for source_id, error in failures)
             )
         return self.metrics
+
+    def _make_watchdog(self) -> StageWatchdog | None:
+        """The stage watchdog of this run: ``stage_timeout_s``, ``auto`` resolved by liveness."""
+        live = any(state.info.live for state in self.sources.values())
+        timeout_s = self.settings.stage_timeout_for(live)
+        if timeout_s is None:
+            return None
+        logger.debug("stage watchdog: %g s per call", timeout_s)
+        return StageWatchdog(timeout_s)
+
+    def _close_stage(self, named: NamedStage) -> None:
+        """Close a stage, unless a call of it hung: closing it could hang the same way."""
+        if self._watchdog is not None and self._watchdog.hung(named.name):
+            logger.warning("not closing stage '%s': a call that hung has not returned", named.name)
+            return
+        _close_quietly(f"stage '{named.name}'", named.stage.close)
 
     def ahead_stages(self) -> list[NamedStage]:
         """The leading ``concurrent`` stages that run ahead on the workers (none with 1 worker)."""
@@ -324,13 +344,15 @@ class Pipeline:
                 events = self._pending_events.pop(frame.source_id, None)
                 if events:
                     frame.events[:0] = events
-        run_stages(run, self.stages[run.stages_done :])
+        run_stages(run, self.stages[run.stages_done :], self._watchdog)
         batch = run.batch
         for timing in run.timings:
             elapsed_ns = timing.finished_ns - timing.started_ns
             self.metrics.record_stage(timing.stage_name, elapsed_ns, timing.frames)
             for observer in self.observers:
                 observer.on_stage(timing.stage_name, batch, timing.started_ns, timing.finished_ns)
+        if run.drops:
+            self.metrics.record_stage_drops(run.drops)
         if run.error is not None and run.failed_stage is not None:
             self._handle_stage_error(run.failed_stage, batch, run.error)
         for sink in sinks:
@@ -344,8 +366,9 @@ class Pipeline:
             on_batch(batch)
 
     def _handle_stage_error(self, stage_name: str, batch: Batch, error: Exception) -> None:
-        first = batch[0]
-        where = f"stage '{stage_name}' failed on {first.source_id} frame {first.index}"
+        where = f"stage '{stage_name}' failed"
+        if batch.frames:
+            where += f" on {batch[0].source_id} frame {batch[0].index}"
         kind = f"{stage_name}: {type(error).__name__}"
         self.metrics.record_stage_error(kind, len(batch), skipped=self.settings.on_error == "skip")
         if self.settings.on_error == "fail":

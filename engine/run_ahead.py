@@ -26,10 +26,12 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from engine.batching import Marker
+from engine.errors import StageTimeoutError
 from engine.frame import Batch
-from engine.stage import NamedStage
+from engine.stage import NamedStage, check_stage_output
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ class StageRun:
         stages_done: How many of the pipeline's stages have run (the failed one included).
         failed_stage: Name of the stage that raised, if one did (no later stage ran).
         error: What it raised.
+        drops: ``(stage name, reason)`` per frame a stage took out with ``Batch.drop``.
     """
 
     batch: Batch
@@ -63,25 +66,135 @@ class StageRun:
     stages_done: int = 0
     failed_stage: str | None = None
     error: Exception | None = None
+    drops: list[tuple[str, str]] = field(default_factory=list)
 
 
-def run_stages(run: StageRun, stages: Sequence[NamedStage]) -> StageRun:
+def run_stages(
+    run: StageRun, stages: Sequence[NamedStage], watchdog: StageWatchdog | None = None
+) -> StageRun:
     """Run ``stages`` on ``run.batch`` in order, stopping at the first that raises.
 
     Touches nothing but ``run`` and the stages, so it may run on any thread; the caller
-    records the timings and handles the error.
+    records the timings and handles the error. With a ``watchdog``, a call that does not
+    return in time fails with :class:`~engine.errors.StageTimeoutError`.
     """
     for named in stages:
-        if run.error is not None:
+        if run.error is not None or not run.batch.frames:  # failed, or every frame dropped
             break
         started_ns = time.monotonic_ns()
         try:
-            run.batch = named.stage(run.batch)
+            if watchdog is None:
+                run.batch = call_stage(named, run.batch, run.drops)
+            else:
+                run.batch = watchdog.call(named, run.batch, run.drops)
         except Exception as error:
             run.failed_stage, run.error = named.name, error
         run.timings.append(StageTiming(named.name, started_ns, time.monotonic_ns(), len(run.batch)))
         run.stages_done += 1
     return run
+
+
+def call_stage(named: NamedStage, batch: Batch, drops: list[tuple[str, str]]) -> Batch:
+    """Call one stage and enforce its contract (:func:`engine.stage.check_stage_output`).
+
+    On success the declared drops are appended to ``drops`` and cleared from the batch; on a
+    violation ``batch`` itself is left as it was given (the error policy passes it on).
+    """
+    given = [(frame.source_id, frame.index) for frame in batch.frames]
+    frames = list(batch.frames)
+    batch.dropped.clear()
+    try:
+        returned = check_stage_output(named.name, given, named.stage(batch))
+    except BaseException:
+        batch.frames[:] = frames  # undo a partial drop: the frames go on unprocessed
+        batch.dropped.clear()
+        raise
+    drops.extend((named.name, reason) for _frame, reason in returned.dropped)
+    returned.dropped.clear()
+    return returned
+
+
+class _Worker:
+    """A daemon thread that runs the calls it is given, one at a time, until given None."""
+
+    def __init__(self) -> None:
+        self.tasks: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        threading.Thread(target=self._loop, name="vistream-stage-call", daemon=True).start()
+
+    def _loop(self) -> None:
+        while (task := self.tasks.get()) is not None:
+            task()
+
+
+class StageWatchdog:
+    """Gives up on stage calls that do not return within ``timeout_s``.
+
+    Each call runs on a daemon worker thread (kept and reused while calls return in time)
+    while the caller waits at most ``timeout_s``; a call
+    that is not back by then raises :class:`~engine.errors.StageTimeoutError` for the batch
+    (the pipeline's ``on_error`` policy decides: skip it, or end the run) and the stage is
+    *hung* until that call returns: later calls fail at once without entering it, so a
+    stateful stage is never entered twice. Python cannot cancel a thread; the hung one is a
+    daemon and never holds up the process's exit.
+
+    Args:
+        timeout_s: Longest a stage call may take.
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._hung: dict[str, tuple[threading.Event, float]] = {}
+        self._idle: list[_Worker] = []
+        self._lock = threading.Lock()
+
+    def hung(self, stage_name: str) -> bool:
+        """True while a call of ``stage_name`` that timed out has not returned."""
+        with self._lock:
+            entry = self._hung.get(stage_name)
+        return entry is not None and not entry[0].is_set()
+
+    def call(self, named: NamedStage, batch: Batch, drops: list[tuple[str, str]]) -> Batch:
+        """:func:`call_stage` under the time limit (same arguments, result and errors)."""
+        with self._lock:
+            entry = self._hung.get(named.name)
+        if entry is not None and not entry[0].is_set():
+            raise StageTimeoutError(
+                f"stage '{named.name}' is still in a call that hung {time.monotonic() - entry[1]:.0f} s "
+                f"ago (limit {self.timeout_s:g} s); not entered again"
+            )
+        done = threading.Event()
+        outcome: list[Any] = []
+        own_drops: list[tuple[str, str]] = []
+
+        def target() -> None:
+            try:
+                outcome.append(("ok", call_stage(named, batch, own_drops)))
+            except BaseException as error:  # handed to the caller's thread
+                outcome.append(("error", error))
+            finally:
+                done.set()
+
+        with self._lock:
+            worker = self._idle.pop() if self._idle else _Worker()
+        worker.tasks.put(target)
+        if done.wait(self.timeout_s):
+            with self._lock:
+                self._idle.append(worker)  # reused: no thread start per call
+        else:
+            worker.tasks.put(None)  # retire it once the hung call returns
+            with self._lock:
+                self._hung[named.name] = (done, time.monotonic())
+            logger.error(
+                "stage '%s' did not return within %g s; it is skipped until that call returns",
+                named.name,
+                self.timeout_s,
+            )
+            raise StageTimeoutError(f"stage '{named.name}' did not return within {self.timeout_s:g} s")
+        kind, value = outcome[0]
+        if kind == "error":
+            raise value
+        drops.extend(own_drops)
+        return value  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -105,6 +218,7 @@ class RunAhead:
         stages: The leading concurrent stages.
         workers: Threads, i.e. batches in the stages at once.
         stop: Set on :meth:`close` so ``items`` stops taking frames (the pipeline's stop).
+        watchdog: Limits each stage call (None: no limit).
     """
 
     def __init__(
@@ -115,9 +229,11 @@ class RunAhead:
         workers: int,
         stop: threading.Event,
         join_timeout_s: float = 5.0,
+        watchdog: StageWatchdog | None = None,
     ) -> None:
         self._items = items
         self._stages = list(stages)
+        self._watchdog = watchdog
         self._stop = stop
         self._join_timeout_s = join_timeout_s
         self._closing = threading.Event()
@@ -146,7 +262,7 @@ class RunAhead:
             for item in self._items:
                 entry: object = item  # a marker goes through as it is
                 if isinstance(item, Batch):
-                    entry = self._pool.submit(run_stages, StageRun(item), self._stages)
+                    entry = self._pool.submit(run_stages, StageRun(item), self._stages, self._watchdog)
                 if not self._hand_over(entry):
                     return
         except BaseException as error:  # a bug in the batcher: the caller raises it

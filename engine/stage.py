@@ -14,12 +14,14 @@ registry refuses such a class with that list).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from engine.device import CPU, Device
+from engine.errors import StageContractError
 from engine.frame import Batch, SourceInfo
 
 
@@ -130,3 +132,48 @@ class NamedStage:
 
     name: str
     stage: Stage
+
+
+def check_stage_output(stage_name: str, given: list[tuple[str, int]], returned: object) -> Batch:
+    """Enforce what every stage returns: the frames it was given, in order, less declared drops.
+
+    Frames are compared by ``(source_id, index)``, so a stage may return new ``Frame``
+    objects for the same frames (a copy with another image) but may not lose, add, repeat or
+    reorder them; a frame taken out with :meth:`Batch.drop` is expected to be missing.
+
+    Args:
+        stage_name: For the message.
+        given: ``(source_id, index)`` of the frames the stage was called with, in order.
+        returned: What the stage returned.
+
+    Returns:
+        ``returned``, now known to be a valid batch.
+
+    Raises:
+        StageContractError: Naming the stage and what is wrong.
+    """
+    if not isinstance(returned, Batch):
+        raise StageContractError(
+            f"stage '{stage_name}' returned {type(returned).__name__}, expected the Batch it was given"
+        )
+    dropped = {(frame.source_id, frame.index) for frame, _reason in returned.dropped}
+    expected = [key for key in given if key not in dropped]
+    keys = [(frame.source_id, frame.index) for frame in returned.frames]
+    if keys == expected:
+        return returned
+    missing = list((Counter(expected) - Counter(keys)).elements())
+    extra = list((Counter(keys) - Counter(expected)).elements())
+    if missing:
+        problem = f"lost {len(missing)} of {len(expected)} frames (first: {_frame_name(missing[0])})"
+    elif extra:
+        problem = f"added {len(extra)} frame(s) (first: {_frame_name(extra[0])})"
+    else:
+        problem = "reordered its frames"
+    raise StageContractError(
+        f"stage '{stage_name}' {problem}; a stage returns every frame it was given, in order, "
+        "or takes one out with batch.drop(frame, reason)"
+    )
+
+
+def _frame_name(key: tuple[str, int]) -> str:
+    return f"{key[0]} frame {key[1]}"

@@ -81,6 +81,14 @@ def _parse_hw(raw: str) -> tuple[int, int]:
     return height, width
 
 
+def _declared_hw(raw: str) -> tuple[int, int] | None:
+    """The ``imgsz`` metadata as (height, width), or None when it cannot be read."""
+    try:
+        return _parse_hw(raw)
+    except (ValueError, SyntaxError, TypeError):
+        return None
+
+
 class YoloDetector(BaseStage):
     """Detects objects with an Ultralytics YOLO detector and writes them into a layer.
 
@@ -297,6 +305,12 @@ class YoloDetector(BaseStage):
                 raise self._not_a_detector(
                     f"its imgsz {height}x{width} is not a multiple of its stride {stride}"
                 )
+        elif "imgsz" in metadata and _declared_hw(metadata["imgsz"]) not in (None, (height, width)):
+            # An edited graph input: the network was built for another size.
+            raise self._not_a_detector(
+                f"its input is {width}x{height} but its metadata says it was exported at imgsz "
+                f"{metadata['imgsz']} (was the input shape edited?)"
+            )
         elif self.imgsz is not None and (height, width) != (self.imgsz, self.imgsz):
             raise ConfigError(
                 f"imgsz {self.imgsz} does not match {self._model_label}'s fixed input size {width}x{height}"

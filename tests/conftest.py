@@ -7,6 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from engine.sources.gst import prefer_gnu_unwinder
+
+# Test helpers import GStreamer directly (RTSP servers, raw pipelines): the C++ unwinder must
+# be global before any of them does, as the engine makes sure for itself.
+prefer_gnu_unwinder()
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DIR = Path(os.environ.get("VISTREAM_SHARED", REPO_ROOT.parent / "shared")).resolve()
 

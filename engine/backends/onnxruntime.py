@@ -22,6 +22,7 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from engine.backends.base import TensorSpec
+from engine.backends.model_check import check_onnx_file
 from engine.checks import check_optional_int
 from engine.device import Device, parse_device
 from engine.errors import ModelError
@@ -160,6 +161,7 @@ class OnnxRuntimeBackend:
             return
         if not self._model_path.is_file():
             raise ModelError(f"model file not found: {self._model_path}")
+        check_onnx_file(self._model_path)  # a damaged file is an error here, not in C++
         providers = self._providers()
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -38,10 +38,69 @@ INPUT_NAME = "images"
 OUTPUT_NAME = "output0"
 
 
+#: What an Ultralytics checkpoint may name besides torch's own tensor types (which
+#: ``weights_only`` loading always allows): module classes and these plain containers.
+_SAFE_GLOBALS = frozenset(
+    {
+        "collections.OrderedDict",
+        "builtins.set",
+        "__builtin__.set",
+        "builtins.dict",
+        "builtins.list",
+        "types.SimpleNamespace",
+        "ultralytics.utils.IterableSimpleNamespace",
+    }
+)
+
+
+def check_checkpoint_globals(path: Path) -> None:
+    """Refuse a ``.pt`` whose pickle names anything but model classes, before it is unpickled.
+
+    A ``.pt`` is a pickle, and unpickling calls whatever functions it names (``os.system``):
+    loading one is running code. An Ultralytics checkpoint pickles its whole model, so
+    ``torch.load(weights_only=True)`` alone cannot read it; instead torch lists the globals
+    the pickle references beyond its tensor types (without unpickling anything), and every
+    one must be a ``torch.nn.Module`` subclass or a plain container. The file is then loaded
+    by Ultralytics, which can only construct what was checked.
+
+    Raises:
+        ModelError: The file is not a ``torch.save`` checkpoint, or it names another global.
+    """
+    import importlib
+
+    import torch.serialization
+    from torch import nn
+
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception as error:  # noqa: BLE001 - zip, pickle and torch errors alike: not a checkpoint
+        raise ModelError(
+            f"cannot load {path} with PyTorch: not a checkpoint written by torch.save "
+            f"({type(error).__name__})"
+        ) from None
+    for name in names:
+        if name in _SAFE_GLOBALS:
+            continue
+        module_name, _, attribute = name.rpartition(".")
+        target: Any = None
+        if module_name.startswith(("torch.nn.", "ultralytics.")):
+            try:
+                target = getattr(importlib.import_module(module_name), attribute, None)
+            except ImportError:
+                target = None
+        if not (isinstance(target, type) and issubclass(target, nn.Module)):
+            raise ModelError(
+                f"refusing to load {path}: its pickle calls {name!r}, which is not a model class "
+                "(a .pt file can run code when loaded; use only model files you trust)"
+            )
+
+
 def _load_ultralytics_checkpoint(path: Path) -> Any:
-    """The model of an Ultralytics ``.pt`` checkpoint, with Ultralytics' own loader."""
+    """The model of an Ultralytics ``.pt`` checkpoint, with Ultralytics' own loader, after
+    :func:`check_checkpoint_globals`."""
 
     import_ultralytics()
+    check_checkpoint_globals(path)
     from ultralytics.nn import tasks
 
     # The loader's name changed across Ultralytics releases.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -15,8 +16,11 @@ from engine import __version__
 from engine.cli import calibrate, emotion_threshold, run, serve
 from engine.cli.bench import pipeline as bench
 from engine.cli.export import model as export
+from engine.cli.secrets import mask_log_handlers, mask_process_title, one_line
 from engine.errors import EngineError
 from engine.registry import first_doc_line, installed_stages, resolve_stage
+from engine.sources.gst import prefer_gnu_unwinder
+from engine.sources.uri import parse_uri
 
 logger = logging.getLogger("vistream")
 
@@ -40,21 +44,67 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def reopen_closed_std_streams() -> list[int]:
+    """Point closed stdin/stdout/stderr at /dev/null before anything opens a file.
+
+    With fd 2 closed (``2>&-``, a daemon manager), Python sets ``sys.stderr`` to None and the
+    first progress bar or log line ends the run; worse, the next file opened (``events.jsonl``)
+    would get fd 2 and every native library's message would be written into it.
+
+    Returns:
+        The descriptors that were closed and now lead to /dev/null.
+    """
+    reopened = []
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        null = os.open(os.devnull, os.O_RDWR)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))  # noqa: SIM115
+        reopened.append(fd)
+    return reopened
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `vistream` console script."""
+    reopen_closed_std_streams()
+    prefer_gnu_unwinder()  # before a plugin could load GStreamer on its own
     parser = build_parser()
     args = parser.parse_args(argv)
     quiet = getattr(args, "quiet", False)
     level = logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    mask_log_handlers()
     if getattr(args, "handler", None) is None:
         parser.print_help()
         return 2
     try:
+        _parse_uris_in(args)  # registers their secrets before anything is logged or shown
+        mask_process_title()
         return int(args.handler(args))
     except EngineError as error:
-        print(f"vistream: error: {error}", file=sys.stderr)
+        _say_error(one_line(str(error)))
         return 2
+
+
+def _parse_uris_in(args: argparse.Namespace) -> None:
+    """Parse the URIs among the arguments early, so their passwords are known secrets."""
+    for value in getattr(args, "sources", None) or ():
+        if isinstance(value, str) and "://" in value and not value.lower().startswith("synthetic://"):
+            parse_uri(value)
+
+
+def _say_error(line: str) -> None:
+    """The error line on stderr; a closed or broken stderr must not turn exit 2 into a crash."""
+    try:
+        print(f"vistream: error: {line}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
 
 
 def _plugins_command(args: argparse.Namespace) -> int:

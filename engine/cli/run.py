@@ -1,7 +1,7 @@
 """`vistream run`: a pipeline over files, cameras or streams into an output directory.
 
-Stops (SIGINT, SIGTERM) drain the frames in flight and finalize every output; the summary
-(``summary.json``) is written whatever ended the run.
+Stops (SIGINT, SIGTERM, SIGHUP; see :mod:`engine.cli.signals`) drain the frames in flight and
+finalize every output; the summary (``summary.json``) is written whatever ended the run.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from engine import __version__
 from engine.checks import check_number, check_optional_int
+from engine.cli.signals import StopSignals
 from engine.config import PIPELINES_DIR, load_pipeline, parse_sources
 from engine.errors import ConfigError, SinkError
 from engine.locations import describe_lookup
@@ -30,7 +30,8 @@ from engine.metrics.publish import DeliveryCollector
 from engine.metrics.run import status_line
 from engine.pipeline import Pipeline
 from engine.publish.outputs import open_published_outputs
-from engine.sinks.outputs import source_paths
+from engine.sinks.outputs import Outputs, source_paths
+from engine.sources.uri import mask_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,9 @@ _STATUS_INTERVAL_S = 5.0
 # At the end of a run, how long the publishers may take to deliver what is spooled; the rest
 # stays in OUT/spool.sqlite and goes out with the next run into the same directory.
 _PUBLISH_DRAIN_S = 30.0
+
+#: After a stop's drain timeout, how long closing the outputs may take before a forced exit.
+_FINALIZE_BUDGET_S = 10.0
 
 
 def add_subcommand(subparsers: Any) -> None:
@@ -85,7 +89,14 @@ def add_subcommand(subparsers: Any) -> None:
         "--drain-timeout-s",
         type=float,
         default=None,
-        help="on SIGINT/SIGTERM, how long queued frames are still processed (default 10)",
+        help="on SIGINT/SIGTERM/SIGHUP, how long queued frames are still processed (default 10); "
+        "a stop that takes 10 s longer than this exits at once, summary marked interrupted",
+    )
+    run.add_argument(
+        "--stage-timeout-s",
+        default=None,
+        help="watchdog per stage call: seconds, off, or auto (30 s for live sources, off for files); "
+        "a call that takes longer fails under the pipeline's on_error policy",
     )
     run.add_argument(
         "--metrics-port",
@@ -161,9 +172,10 @@ def run_command(args: argparse.Namespace) -> int:
         max_wait_ms=args.max_wait_ms,
         workers=args.workers,
         drain_timeout_s=args.drain_timeout_s,
+        stage_timeout_s=args.stage_timeout_s,
     )
     check_optional_int("--max-frames", args.max_frames, low=1)
-    check_number("--status-interval-s", args.status_interval_s, low=0, low_open=True)
+    check_number("--status-interval-s", args.status_interval_s, low=0.1, high=86_400)
     if args.sources:
         sources = parse_sources(list(args.sources), frame_policy=args.frame_policy)
     elif spec.sources:
@@ -193,23 +205,25 @@ def run_command(args: argparse.Namespace) -> int:
     progress = _Progress(
         pipeline, quiet=args.quiet, max_frames=args.max_frames, interval_s=args.status_interval_s
     )
-    _install_signal_handlers(pipeline)
+    paths = source_paths(outputs.paths, ids) if len(ids) > 1 else outputs.paths
+    stop = _stop_signals(pipeline, out_dir, paths, outputs)
     status = "failed"
     try:
-        pipeline.run(feeds, outputs.sinks, max_frames=args.max_frames, on_batch=progress.update)
+        with stop:
+            pipeline.run(feeds, outputs.sinks, max_frames=args.max_frames, on_batch=progress.update)
         status = "stopped" if pipeline.stop_requested else "completed"
     finally:
         progress.close()
         delivered = outputs.close_delivery(drain_timeout_s=_PUBLISH_DRAIN_S)
         if server is not None:
             server.close()
-        paths = source_paths(outputs.paths, ids) if len(ids) > 1 else outputs.paths
         summary = _summary(pipeline, status, paths)
         if outputs.objects is not None:
             summary["object_events"] = outputs.objects.counts
         if delivered is not None:
             summary["publish"] = delivered.to_dict()
         summary_error = _write_summary(out_dir / "summary.json", summary)
+        _finish_outputs(outputs, paths, status)
     if summary_error is not None:
         raise summary_error
     _print_report(summary, out_dir, quiet=args.quiet)
@@ -220,27 +234,37 @@ def _write_summary(path: Path, summary: dict[str, Any]) -> SinkError | None:
     """Write summary.json; a failure (a full disk) is logged and returned, never raised here,
     so it cannot hide the error that ended the run."""
     try:
-        path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        # Masked once more as a whole: a secret that reached a stage's summary or an error.
+        path.write_text(mask_credentials(json.dumps(summary, indent=2)) + "\n", encoding="utf-8")
     except OSError as error:
         logger.error("cannot write %s: %s", path, error.strerror)
         return SinkError(f"cannot write {path}: {error.strerror}")
     return None
 
 
-def _install_signal_handlers(pipeline: Any) -> None:
-    """First SIGINT/SIGTERM: stop intake, drain queued frames, finalize; second: exit at once."""
+def _finish_outputs(outputs: Outputs, paths: dict[str, str], status: str) -> None:
+    """Write the manifest of what the run produced and give up the directory's lock."""
+    if outputs.directory is not None:
+        outputs.directory.write_manifest(paths, status)
+        outputs.directory.release()
 
-    def handle(signum: int, _frame: FrameType | None) -> None:
-        if pipeline.stop_requested:
-            # Outputs are flushed per batch (and the mp4 is fragmented), so what was written
-            # stays valid even though nothing is finalized now.
-            logger.warning("second %s: exiting immediately", signal.Signals(signum).name)
-            os._exit(128 + signum)
-        logger.warning("%s: stopping after the frames in flight", signal.Signals(signum).name)
-        pipeline.request_stop()
 
-    signal.signal(signal.SIGINT, handle)
-    signal.signal(signal.SIGTERM, handle)
+def _stop_signals(pipeline: Pipeline, out_dir: Path, paths: dict[str, str], outputs: Outputs) -> StopSignals:
+    """SIGINT/SIGTERM/SIGHUP: one graceful stop (a burst counts once); a second signal after
+    the grace window, or a stop that outlasts the drain timeout plus time to finalize, exits
+    at once with ``summary.json`` marked ``interrupted`` (JSONL and MP4 are valid as written)."""
+
+    def interrupted(signum: int) -> None:
+        summary = _summary(pipeline, "interrupted", paths)
+        summary["signal"] = signal.Signals(signum).name
+        _write_summary(out_dir / "summary.json", summary)
+        _finish_outputs(outputs, paths, "interrupted")
+
+    return StopSignals(
+        pipeline.request_stop,
+        on_force=interrupted,
+        deadline_s=pipeline.settings.drain_timeout_s + _FINALIZE_BUDGET_S,
+    )
 
 
 class _Progress:

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from engine.checks import read_yaml, shown
 from engine.errors import CalibrationError
 from engine.geometry import plane as geometry
 from engine.locations import describe_lookup
@@ -83,11 +84,11 @@ class Calibration:
     def __post_init__(self) -> None:
         where = self._where()
         if not isinstance(self.camera, str) or not self.camera.strip():
-            raise CalibrationError(f"{where}: 'camera' must be a non-empty name, got {self.camera!r}")
+            raise CalibrationError(f"{where}: 'camera' must be a non-empty name, got {shown(self.camera)}")
         for name in ("image_width", "image_height"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise CalibrationError(f"{where}: {name} must be a positive integer, got {value!r}")
+                raise CalibrationError(f"{where}: {name} must be a positive integer, got {shown(value)}")
         for name in ("width_m", "length_m"):
             value = getattr(self, name)
             if (
@@ -95,7 +96,9 @@ class Calibration:
                 or not isinstance(value, (int, float))
                 or not (math.isfinite(value) and value > 0)
             ):
-                raise CalibrationError(f"{where}: {name} must be a positive number of metres, got {value!r}")
+                raise CalibrationError(
+                    f"{where}: {name} must be a positive number of metres, got {shown(value)}"
+                )
             object.__setattr__(self, name, float(value))
         if not isinstance(self.notes, str):
             raise CalibrationError(f"{where}: 'notes' must be text, got {self.notes!r}")
@@ -221,12 +224,9 @@ class Calibration:
         except OSError as error:
             hint = f" ({describe_lookup('calibrations')})" if isinstance(error, FileNotFoundError) else ""
             raise CalibrationError(f"{path}: cannot read calibration: {error.strerror}{hint}") from error
-        try:
-            document = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise CalibrationError(f"{path}: malformed YAML{at}") from error
+        except UnicodeDecodeError:
+            raise CalibrationError(f"{path}: cannot read calibration: not UTF-8 text") from None
+        document = read_yaml(text, str(path), error=CalibrationError)
         return cls.from_dict(document, path=path)
 
     def to_dict(self) -> dict[str, Any]:
@@ -268,15 +268,32 @@ def _short(value: float) -> float:
 
 
 def _points(value: Any, where: str) -> np.ndarray:
+    if not isinstance(value, np.ndarray) and not _number_pairs(value):
+        # np.asarray would take True for 1.0 and "216" for 216.0: a typo becomes a corner.
+        raise CalibrationError(
+            f"{where}: expected a list of [x, y] pixel pairs (numbers), got {shown(value)}"
+        )
     try:
         array = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
-        raise CalibrationError(f"{where}: expected a list of [x, y] pixel pairs, got {value!r}") from None
+        raise CalibrationError(
+            f"{where}: expected a list of [x, y] pixel pairs, got {shown(value)}"
+        ) from None
     if array.ndim != 2 or array.shape[1] != 2:
-        raise CalibrationError(f"{where}: expected a list of [x, y] pixel pairs, got {value!r}")
+        raise CalibrationError(f"{where}: expected a list of [x, y] pixel pairs, got {shown(value)}")
     if not np.isfinite(array).all():
-        raise CalibrationError(f"{where}: points must be finite numbers, got {value!r}")
+        raise CalibrationError(f"{where}: points must be finite numbers, got {shown(value)}")
     return array
+
+
+def _number_pairs(value: Any) -> bool:
+    """``value`` is a list of ``[x, y]`` lists of real numbers (no bools, no strings)."""
+    return isinstance(value, (list, tuple)) and all(
+        isinstance(pair, (list, tuple))
+        and len(pair) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pair)
+        for pair in value
+    )
 
 
 def _check_rectangle_points(points: np.ndarray, where: str) -> None:

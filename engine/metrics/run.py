@@ -174,6 +174,7 @@ class RunMetrics:
     source_errors: dict[str, str] = field(default_factory=dict)
     skipped_frames: int = 0
     errors: Counter[str] = field(default_factory=Counter)
+    dropped_by_stage: Counter[str] = field(default_factory=Counter)
     detections_per_class: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     track_ids: dict[str, set[tuple[str, int]]] = field(default_factory=lambda: defaultdict(set))
     started_ns: int = field(default_factory=time.monotonic_ns)
@@ -211,6 +212,11 @@ class RunMetrics:
             self.errors[kind] += 1
             if skipped:
                 self.skipped_frames += frames
+
+    def record_stage_drops(self, drops: list[tuple[str, str]]) -> None:
+        """Count frames stages took out on purpose, per ``"stage: reason"``."""
+        with self.lock:
+            self.dropped_by_stage.update(f"{stage}: {reason}" for stage, reason in drops)
 
     def update_source(self, source_id: str, **values: Any) -> None:
         """Set per-source values: ``frames_in``, ``frames_dropped``, ``frames_invalid``, ``queue_depth``,
@@ -275,6 +281,7 @@ class RunMetrics:
                 "fps": round(frames / wall_s, 2) if wall_s > 0 else None,
                 "skipped_frames": self.skipped_frames,
                 "errors": dict(self.errors),
+                "dropped_by_stage": dict(self.dropped_by_stage),
                 "stage_latency_ms": {
                     name: series.summary() for name, series in self.stage_latency_ms.items()
                 },

@@ -64,5 +64,9 @@ def open_published_outputs(
             delivery.close(drain_timeout_s=0)
         raise
     return PublishedOutputs(
-        sinks=outputs.sinks, paths=outputs.paths, objects=outputs.objects, delivery=delivery
+        sinks=outputs.sinks,
+        paths=outputs.paths,
+        objects=outputs.objects,
+        directory=outputs.directory,
+        delivery=delivery,
     )

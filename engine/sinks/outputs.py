@@ -6,21 +6,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import SinkError
 from engine.pipeline import Pipeline
 from engine.sinks import JsonlSink, MotSink, VehiclesSink, VideoSink
 from engine.sinks.base import SOURCE_PLACEHOLDER, Sink
 from engine.sinks.objects import EventListener, ObjectEventsSink
+from engine.sinks.ownership import OutputDirectory, check_file_part
 
 
 @dataclass
 class Outputs:
     """The sinks of a run and the files they write (name → path; per-source files of a
-    multi-source run are given with ``{source_id}`` in the path)."""
+    multi-source run are given with ``{source_id}`` in the path), and the locked directory
+    (release it when the run is over; see :mod:`engine.sinks.ownership`)."""
 
     sinks: list[Sink]
     paths: dict[str, str]
     objects: ObjectEventsSink | None = None
+    directory: OutputDirectory | None = None
 
 
 def tracked_layers(pipeline: Pipeline) -> list[str]:
@@ -50,13 +52,25 @@ def open_outputs(
     several ``source_ids`` the video and track files are per source:
     ``annotated_<source_id>.mp4`` and ``tracks_<layer>_<source_id>.txt``.
 
+    The directory is locked for this run and the outputs of an earlier run in it are replaced
+    as a whole (:class:`engine.sinks.ownership.OutputDirectory`).
+
     Raises:
         SinkError: The directory cannot be created or written.
+        OutputBusyError: Another run writes into the directory.
+        ConfigError: A layer name or source id cannot be part of a file name.
     """
+    layers = tracked_layers(pipeline)
+    for layer in layers:
+        check_file_part("layer", layer)
+    for source_id in source_ids:
+        check_file_part("source id", source_id)
+    directory = OutputDirectory(out_dir)
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise SinkError(f"cannot create output directory {out_dir}: {error.strerror}") from error
+        directory.replace_earlier_outputs()
+    except BaseException:
+        directory.release()
+        raise
     per_source = f"_{SOURCE_PLACEHOLDER}" if len(source_ids) > 1 else ""
     sinks: list[Sink] = [JsonlSink(out_dir / "events.jsonl")]
     paths = {"events": str(out_dir / "events.jsonl")}
@@ -64,14 +78,13 @@ def open_outputs(
         path = out_dir / f"annotated{per_source}.mp4"
         sinks.append(VideoSink(path))
         paths["video"] = str(path)
-    for layer in tracked_layers(pipeline):
+    for layer in layers:
         path = out_dir / f"tracks_{layer}{per_source}.txt"
         sinks.append(MotSink(path, layer=layer))
         paths[f"tracks_{layer}"] = str(path)
     sinks.append(VehiclesSink(out_dir / "vehicles.csv", summaries=pipeline.stage_summaries))
     paths["vehicles"] = str(out_dir / "vehicles.csv")
     objects = None
-    layers = tracked_layers(pipeline)
     if layers:
         objects = ObjectEventsSink(
             out_dir / "objects.jsonl",
@@ -82,7 +95,7 @@ def open_outputs(
         sinks.append(objects)
         paths["objects"] = str(objects.path)
     paths["summary"] = str(out_dir / "summary.json")
-    return Outputs(sinks=sinks, paths=paths, objects=objects)
+    return Outputs(sinks=sinks, paths=paths, objects=objects, directory=directory)
 
 
 def source_paths(paths: dict[str, str], source_ids: Sequence[str]) -> dict[str, str]:

@@ -26,6 +26,7 @@ from engine.sources.decoding import (
     check_length,
     declared_length,
     i420_to_bgr,
+    missing_file_message,
     nominal_rate,
 )
 from engine.sources.uri import SourceUri, parse_uri
@@ -98,7 +99,7 @@ class AvSource:
 
         path = Path(self._target.location)
         if not path.is_file():
-            raise SourceError(f"video file not found: {self.uri}")
+            raise SourceError(missing_file_message(path, self.uri))
         try:
             container = av.open(str(path))
         except av.FFmpegError as error:

@@ -314,3 +314,12 @@ def check_length(decoded: int, declared: DeclaredLength | None, display: str) ->
         declared.frames,
         "exact" if declared.exact else "estimated",
     )
+
+
+def missing_file_message(path: Path, display: str) -> str:
+    """Why ``path`` cannot be opened as a video file, for a source that is not a file."""
+    if path.is_dir():
+        return f"{display} is a directory, not a video file (give one file per source)"
+    if path.exists():
+        return f"{display} is not a regular file"
+    return f"video file not found: {display}"

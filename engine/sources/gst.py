@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import sys
 import threading
 import time
 import weakref
@@ -44,6 +45,7 @@ from engine.sources.decoding import (
     FileClock,
     check_length,
     i420_buffer_to_bgr,
+    missing_file_message,
     nominal_rate,
     probe_declared_length,
 )
@@ -58,8 +60,36 @@ _DEBUG_DETAIL = re.compile(r"\(\): /\S+?: (.+)$")
 
 
 @functools.cache
+def prefer_gnu_unwinder() -> bool:
+    """Put libgcc's unwinder in the process's global symbol scope before GStreamer loads.
+
+    Why: ``libgstreamer-1.0`` links ``libunwind.so.8`` (for its leak tracer's backtraces),
+    and PyGObject opens it with ``RTLD_GLOBAL``. ``libunwind`` exports the GCC unwinding ABI
+    too (``_Unwind_RaiseException``...), so a ``libstdc++`` loaded after it binds its
+    ``throw`` to libunwind's copy, which cannot unwind through ONNX Runtime's frames: the
+    first C++ exception (a corrupt model, a wrong input shape) ends in ``std::terminate``,
+    exit 134/139 with no message. With ``libgcc_s`` in the global scope first, every later
+    library binds to the unwinder it was built for and the exception reaches Python as an
+    error. Idempotent; does nothing off glibc.
+
+    Returns:
+        True when ``libgcc_s`` is now global (or was already).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        ctypes.CDLL("libgcc_s.so.1", mode=ctypes.RTLD_GLOBAL)
+    except OSError:  # a musl system: no libgcc_s, and no such clash to avoid
+        return False
+    return True
+
+
+@functools.cache
 def _gst() -> Any | None:
     """Import and initialise GStreamer once; None when PyGObject or GStreamer is missing."""
+    prefer_gnu_unwinder()  # before libgstreamer (and its libunwind) enters the process
     try:
         import gi
 
@@ -171,7 +201,7 @@ class GstSource:
         if target.kind == "file":
             path = Path(target.location)
             if not path.is_file():
-                raise SourceError(f"video file not found: {target.display}")
+                raise SourceError(missing_file_message(path, target.display))
             # Raises for a readable container without video; None when PyAV cannot read it
             # (GStreamer then says why).
             self._declared = probe_declared_length(path)
@@ -311,7 +341,12 @@ class GstSource:
         if target.kind == "file":
             source.set_property("uri", Gst.filename_to_uri(target.location))
         elif target.kind == "rtsp":
-            source.set_property("location", target.location)
+            source.set_property("location", target.location)  # without user and password
+            if target.username is not None:
+                # As properties, so GStreamer's own debug log (rtspsrc:6) never prints them.
+                source.set_property("user-id", target.username)
+            if target.password is not None:
+                source.set_property("user-pw", target.password)
             source.set_property("tcp-timeout", int(self._connect_timeout_s * 1_000_000))
         elif target.kind == "v4l2":
             source.set_property("device", target.location)

@@ -23,7 +23,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from engine.errors import ConfigError
 from engine.sources import open_source
@@ -111,7 +110,7 @@ def default_source_id(uri: str) -> str:
         if target.kind == "file":
             name = Path(target.location).stem
         elif target.kind == "rtsp":
-            name = urlsplit(text).hostname or "rtsp"
+            name = target.host or "rtsp"
         elif target.kind == "v4l2":
             name = Path(target.location).name
         else:
@@ -134,7 +133,7 @@ def _parse_source(place: str, entry: Any, config_dir: Path | None, frame_policy:
     except ConfigError as error:
         raise ConfigError(f"{place}: {error}") from error
     if target is not None and target.kind == "file" and config_dir is not None and "://" not in uri:
-        path = Path(uri).expanduser()
+        path = Path(uri).expanduser()  # cannot raise: parse_uri expanded it already
         uri = str(path if path.is_absolute() else config_dir / path)
     place = f"{place} ({mask_credentials(uri)})"
     source_id = entry.get("id")

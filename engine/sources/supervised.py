@@ -356,4 +356,7 @@ def open_supervised(
             rtsp_latency_ms=rtsp_latency_ms,
         )
 
+    # The checks a connection attempt makes, once, now: a source this install cannot read at
+    # all (no GStreamer for a camera) is an error at start-up, not an endless retry loop.
+    factory().close()
     return SupervisedSource(factory, source_id=source_id, uri=parse_uri(uri).display, policy=policy)

@@ -10,19 +10,26 @@ Accepted forms (anything else is a :class:`~engine.errors.ConfigError`):
   Unlimited test sources are live (paced at ``fps``); ``frames=N`` makes a finite source that
   runs as fast as it is read, unless ``live=1`` is given too.
 
-Credentials never leave this module unmasked: :func:`mask_credentials` turns
-``rtsp://user:pass@host`` into ``rtsp://user:***@host`` anywhere in a string, and
-:attr:`SourceUri.display` is what logs, errors and ``SourceInfo.uri`` use.
+Credentials never leave this module unmasked. An RTSP URI is split by hand, not by
+``urlsplit``: a password may hold any character (``/``, ``?``, ``#``, spaces, ``@``), and the
+userinfo runs to the last ``@`` before the host. The password and the values of query
+parameters named like secrets (``password``, ``token``, ``key``, ``signature``...) are
+registered as secrets; :func:`mask_credentials` masks them, and any ``scheme://user:pass@``,
+anywhere in a string (a log line, an error, a GStreamer message), and
+:attr:`SourceUri.display` is what logs, errors and ``SourceInfo.uri`` use. GStreamer gets the
+location without credentials and the user and password as ``rtspsrc`` properties, so its own
+debug log never prints them.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Literal
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from engine.errors import ConfigError
 
@@ -37,20 +44,55 @@ TEST_PATTERNS = frozenset(
 
 _TEST_PARAMS = ("width", "height", "fps", "pattern", "frames", "live")
 _V4L2_DEVICE = re.compile(r"^/dev/video\d+$")
-# scheme://user:password@ — the password runs to the last '@' before the path starts.
-_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*):[^/\s]*@")
+# scheme://user:password@ in free text: the password runs to the last '@' of the word.
+# Quotes end it too (a URI inside JSON or a repr).
+_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s\"']*):[^\s\"']*@")
+#: Query parameters whose values are secrets (compared case-insensitively).
+SECRET_PARAMETERS = frozenset(
+    "password passwd pwd pass passphrase token access_token auth auth_token authorization key "
+    "apikey api_key secret client_secret signature sig credential credentials session".split()
+)
+_SECRET_QUERY = re.compile(
+    r"(?P<head>[?&;](?:"
+    + "|".join(sorted(SECRET_PARAMETERS, key=len, reverse=True))
+    + r")=)[^&;#\s\"'<>(),:]*",
+    re.IGNORECASE,
+)
+_MIN_SECRET_CHARS = 3  # shorter values would mask ordinary words; the patterns still catch them
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+
+
+def register_secret(value: str) -> None:
+    """Mask ``value`` (and its percent-encoded form) in every later :func:`mask_credentials`.
+
+    Values shorter than 3 characters are not registered (they would mask ordinary text);
+    URL patterns still mask them where they appear in a URI.
+    """
+    forms = {value, unquote(value), quote(value, safe="")}
+    with _secrets_lock:
+        _secrets.update(form for form in forms if len(form) >= _MIN_SECRET_CHARS)
 
 
 def mask_credentials(text: str) -> str:
-    """Replace every URL password in ``text`` with ``***``.
+    """Replace every password and secret in ``text`` with ``***``.
 
     Args:
         text: Any string: a URI, an error message, a GStreamer debug line.
 
     Returns:
-        ``text`` with ``scheme://user:password@`` rewritten as ``scheme://user:***@``.
+        ``text`` with registered secrets, ``scheme://user:password@`` passwords and secret
+        query parameter values (``?token=...``) rewritten as ``***``.
     """
-    return _CREDENTIALS.sub(r"\g<head>:***@", text)
+    if not isinstance(text, str):
+        text = str(text)
+    with _secrets_lock:
+        secrets = sorted(_secrets, key=len, reverse=True)
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, "***")
+    text = _CREDENTIALS.sub(r"\g<head>:***@", text)
+    return _SECRET_QUERY.sub(r"\g<head>***", text)
 
 
 @dataclass(frozen=True)
@@ -82,16 +124,23 @@ class SourceUri:
 
     Attributes:
         kind: ``file``, ``rtsp``, ``v4l2`` or ``test``.
-        location: The file path (absolute), the RTSP URL with credentials, or the device path.
-            Empty for test sources.
+        location: The file path (absolute), the RTSP URL without user and password (secret
+            query parameters stay: the camera needs them), or the device path. Empty for test
+            sources.
         display: The URI to show to people: credentials masked.
         test: Test picture parameters, for ``test://`` only.
+        host: The RTSP host (IPv6 without brackets); empty for other kinds.
+        username: The RTSP user, percent-decoded, or None.
+        password: The RTSP password, percent-decoded, or None (never shown).
     """
 
     kind: SourceKind
     location: str
     display: str
     test: TestPattern | None = None
+    host: str = ""
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
 
     @property
     def live(self) -> bool:
@@ -121,13 +170,14 @@ def parse_uri(uri: str) -> SourceUri:
     uri = uri.strip()
     scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
     if scheme in ("rtsp", "rtsps"):
-        if not urlsplit(uri).hostname:
-            raise ConfigError(f"RTSP URI has no host: {mask_credentials(uri)!r}")
-        return SourceUri(kind="rtsp", location=uri, display=mask_credentials(uri))
+        return _parse_rtsp(uri, scheme)
     if scheme == "test":
         return SourceUri(kind="test", location="", display=uri, test=_parse_test(uri))
     if scheme == "file":
-        parts = urlsplit(uri)
+        try:
+            parts = urlsplit(uri)
+        except ValueError as error:
+            raise ConfigError(f"malformed file URI {uri!r}: {error}") from None
         if parts.netloc not in ("", "localhost"):
             raise ConfigError(f"file URI must name a local file, got host {parts.netloc!r}")
         path = str(Path(unquote(parts.path)).absolute())
@@ -139,12 +189,61 @@ def parse_uri(uri: str) -> SourceUri:
         )
     if _V4L2_DEVICE.match(uri):
         return SourceUri(kind="v4l2", location=uri, display=uri)
-    path = str(Path(uri).expanduser().absolute())
+    try:
+        path = str(Path(uri).expanduser().absolute())
+    except RuntimeError:  # "~name" of a user that does not exist
+        raise ConfigError(f"cannot expand {uri!r}: no such user's home directory") from None
     return SourceUri(kind="file", location=path, display=path)
 
 
+def _parse_rtsp(uri: str, scheme: str) -> SourceUri:
+    """Split ``rtsp://[user[:password]@]host[:port][/path][?query]`` (see the module docstring)."""
+    rest = uri.split("://", 1)[1]
+    username = password = None
+    at = rest.rfind("@")
+    # A user name holds no '/': an '@' after one is in the path, not the end of the userinfo.
+    if at >= 0 and "/" not in rest[:at].split(":", 1)[0]:
+        userinfo, rest = rest[:at], rest[at + 1 :]
+        user_text, _, password_text = userinfo.partition(":")
+        username = unquote(user_text)
+        password = unquote(password_text) if ":" in userinfo else None
+        for secret in (password_text, password):
+            if secret:
+                register_secret(secret)
+    query = rest.split("?", 1)[1] if "?" in rest else ""
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key.lower() in SECRET_PARAMETERS and value:
+            register_secret(value)
+    location = f"{scheme}://{rest}"
+    shown_user = f"{quote(username, safe='')}{':***' if password is not None else ''}@" if username else ""
+    display = mask_credentials(f"{scheme}://{shown_user}{rest}")
+    try:
+        parts = urlsplit(location)
+        host = parts.hostname
+        port = parts.port  # raises for a port out of range or not a number
+    except ValueError as error:
+        raise ConfigError(f"malformed RTSP URI {display!r}: {error}") from None
+    if not host:
+        raise ConfigError(f"RTSP URI has no host: {display!r}")
+    if parts.netloc.endswith(":") or (port is not None and port == 0):
+        raise ConfigError(f"malformed RTSP URI {display!r}: expected a port in 1-65535")
+    if any(char.isspace() for char in parts.netloc):
+        raise ConfigError(f"malformed RTSP URI {display!r}: the host contains spaces")
+    return SourceUri(
+        kind="rtsp",
+        location=location,
+        display=display,
+        host=host,
+        username=username or None,
+        password=password,
+    )
+
+
 def _parse_test(uri: str) -> TestPattern:
-    parts = urlsplit(uri)
+    try:
+        parts = urlsplit(uri)
+    except ValueError as error:
+        raise ConfigError(f"malformed test URI {uri!r}: {error}") from None
     if parts.netloc or parts.path not in ("", "/"):
         raise ConfigError(
             f"test source takes only query parameters (test://?width=640&height=480), got {uri!r}"

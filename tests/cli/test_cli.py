@@ -153,6 +153,14 @@ BAD_INPUTS = {
 }
 
 
+@pytest.mark.fault(
+    "Bad command-line inputs: a video file that does not exist, a text file renamed `.mp4`, malformed "
+    "pipeline YAML, an unknown stage, a wrong stage argument, `--workers 0`, a missing model, an ONNX "
+    "that is not a YOLO detector",
+    "User error naming the path, the place (`stages[0] (track): unexpected argument 'buffer'`, with line "
+    "and column for YAML) or the problem (`model file not found`, `not an Ultralytics YOLO detector`), "
+    "before any model is loaded where it can be",
+)
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_inputs_exit_2_with_one_clear_line(case: str, tmp_path: Path, highway_video: Path) -> None:
     make_args, expected = BAD_INPUTS[case]
@@ -167,6 +175,11 @@ def test_bad_inputs_exit_2_with_one_clear_line(case: str, tmp_path: Path, highwa
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.fault(
+    "Truncated file (cut mid-stream)",
+    "Every decodable frame is processed and written (JSONL, MP4 with the same frame count), then user "
+    'error "video file truncated or damaged: decoded N of M declared frames"',
+)
 def test_truncated_video_keeps_the_frames_before_the_cut(tmp_path: Path, highway_video: Path) -> None:
     truncated = tmp_path / "truncated.avi"
     data = highway_video.read_bytes()

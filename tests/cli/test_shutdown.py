@@ -83,6 +83,12 @@ def sources(tmp_path: Path) -> list[str]:
     return [str(highway), str(people), "test://?width=160&height=120&fps=30"]
 
 
+@pytest.mark.fault(
+    "SIGTERM / Ctrl-C mid-run (one or many sources)",
+    "Intake stops, queued frames drained (`--drain-timeout-s`, 10 s default), every sink finalized: "
+    'playable MP4s with every written frame, complete JSONL, `summary.json` with `"status": "stopped"`, '
+    "exit 0",
+)
 def test_sigterm_mid_run_finalizes_every_source(tmp_path: Path) -> None:
     out = tmp_path / "out"
     process = start(out, slow_pipeline(tmp_path, 0.01), *sources(tmp_path))
@@ -105,6 +111,10 @@ def test_sigterm_mid_run_finalizes_every_source(tmp_path: Path) -> None:
         assert frames == sorted(set(frames))
 
 
+@pytest.mark.fault(
+    "A stop with more queued frames than the drain timeout allows",
+    "Frames left after `--drain-timeout-s` are discarded with a warning; outputs finalized; `stopped`",
+)
 def test_drain_timeout_bounds_the_time_to_stop(tmp_path: Path) -> None:
     out = tmp_path / "out"
     # 0.3 s per batch of 2 and up to 8 queued frames per file: draining all would take ~2.5 s.
@@ -125,27 +135,34 @@ def test_drain_timeout_bounds_the_time_to_stop(tmp_path: Path) -> None:
     assert json.loads((out / "summary.json").read_text())["status"] == "stopped"
 
 
+@pytest.mark.fault(
+    "A second SIGTERM / Ctrl-C more than 1 s after the first",
+    "Exits at once (code 128 + signal) with `summary.json` marked `interrupted`; JSONL lines and "
+    "MP4 fragments already written stay valid",
+)
 def test_second_signal_exits_at_once_leaving_valid_files(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    process = start(out, slow_pipeline(tmp_path, 0.05), *sources(tmp_path))
-    wait_for_lines(out / "events.jsonl", 150, process, timeout_s=120)
+    # 0.5 s per batch of 2: draining the queued frames takes longer than the grace window.
+    process = start(out, slow_pipeline(tmp_path, 0.5), *sources(tmp_path), extra=("--drain-timeout-s", "30"))
+    wait_for_lines(out / "events.jsonl", 20, process, timeout_s=120)
     process.send_signal(signal.SIGTERM)
-    time.sleep(0.1)
+    time.sleep(1.5)  # past the grace window: a burst from one `timeout` would be within it
     signalled_s = time.monotonic()
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=30)
     assert time.monotonic() - signalled_s < 2
     assert process.returncode == 128 + signal.SIGTERM, stderr
     events = complete_records(out / "events.jsonl")
-    assert len(events) >= 150
-    decoded = {}
-    for source_id, count in Counter(event["source"] for event in events).items():
-        # Not finalized, yet valid: the file opens and its finished fragments decode (a kill
-        # loses the open fragment, up to a keyframe interval, and the encoder's lookahead).
-        import av
+    assert len(events) >= 20
+    import av
 
-        with av.open(str(out / f"annotated_{source_id}.mp4")) as container:
-            decoded[source_id] = sum(1 for _ in container.decode(container.streams.video[0]))
-        assert decoded[source_id] <= count
-    assert max(decoded.values()) > 0, decoded  # the 10 fps video has a keyframe every 10 frames
-    assert not (out / "summary.json").exists()
+    videos = [out / f"annotated_{source_id}.mp4" for source_id in Counter(e["source"] for e in events)]
+    for video in videos:
+        if video.exists():  # a source with a frame or two may have no packet out of the encoder yet
+            # Not finalized, yet valid: the file opens (a kill loses the open fragment, up to
+            # a keyframe interval, and the encoder's lookahead).
+            with av.open(str(video)) as container:
+                assert container.streams.video
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["signal"] == "SIGTERM"
+    assert json.loads((out / "manifest.json").read_text())["status"] == "interrupted"

@@ -79,9 +79,9 @@ def test_settings_are_validated_once_wherever_they_come_from(tmp_path: object) -
     spec = parse_pipeline({"stages": [{"stage": "track"}]}, config_dir=tmp_path)  # type: ignore[arg-type]
     assert spec.override(workers=None) == spec  # options not given change nothing
     assert spec.override(device="cuda:1").settings.device == Device("cuda", 1)
-    with pytest.raises(ConfigError, match="^--batch-size: expected a positive integer, got 0$"):
+    with pytest.raises(ConfigError, match="^--batch-size: expected an integer >= 1 and <= 256, got 0$"):
         spec.override(from_cli=True, batch_size=0)
-    with pytest.raises(ConfigError, match="^batch_size: expected a positive integer, got 0$"):
+    with pytest.raises(ConfigError, match="^batch_size: expected an integer >= 1 and <= 256, got 0$"):
         spec.override(batch_size=0)
     with pytest.raises(ConfigError, match="unknown setting 'speed'"):
         spec.override(speed=3)

@@ -97,7 +97,7 @@ def test_constructor_validation_errors_name_the_place() -> None:
 @pytest.mark.parametrize(
     ("top", "message"),
     [
-        ({"batch_size": 0}, "batch_size: expected a positive integer"),
+        ({"batch_size": 0}, "batch_size: expected an integer >= 1 and <= 256"),
         ({"on_error": "ignore"}, "on_error: expected one of fail, skip"),
         ({"device": "gpu"}, "device: expected 'cpu', 'cuda' or 'cuda:N'"),
         ({"cameras": []}, "unknown key 'cameras'"),

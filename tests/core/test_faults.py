@@ -67,6 +67,11 @@ class BrokenDecoder(ListSource):
             yield frame
 
 
+@pytest.mark.fault(
+    "Zero-size frames (a broken decoder delivers 0×0 or no picture)",
+    "Dropped before any stage sees them, counted (`frames_invalid`, `vistream_frames_invalid_total`), "
+    "logged once",
+)
 def test_zero_size_frames_are_dropped_counted_and_logged_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -140,6 +145,13 @@ FAULTS: dict[str, tuple[Callable[[Path], list[str]], str]] = {
 }
 
 
+@pytest.mark.fault(
+    "Empty (0-byte) video, `ftp://` URI, `rtsp://` without a host, `test://?width=0`, output folder is a "
+    "file, YAML with a Python object tag (`!!python/object/apply:os.system`), calibration of another "
+    "image size or with 3 points, metrics port in use",
+    "User error (exit 2, one line) naming the problem; the YAML tag is refused by the safe loader and "
+    "nothing is executed",
+)
 @pytest.mark.parametrize("case", list(FAULTS))
 def test_user_errors_exit_2_with_one_clear_line(case: str, tmp_path: Path) -> None:
     if case != "unsupported URI scheme":
@@ -158,6 +170,10 @@ def test_user_errors_exit_2_with_one_clear_line(case: str, tmp_path: Path) -> No
     assert not (tmp_path / "pwned").exists()  # the YAML tag was not executed
 
 
+@pytest.mark.fault(
+    "A pipeline that names one stage",
+    "Only that stage's module is imported (a broken optional plugin cannot break other pipelines)",
+)
 def test_only_the_stages_named_in_the_pipeline_are_imported(tmp_path: Path) -> None:
     (tmp_path / "p.yaml").write_text("stages:\n  - stage: track\n")
     code = (
@@ -184,6 +200,11 @@ def _failing_pipeline(tmp: Path, on_error: str) -> Path:
     return path
 
 
+@pytest.mark.fault(
+    "A stage raises on some frames, `on_error: skip`",
+    'Frames marked `"skipped"` in the JSONL and still written, counted per `stage: ExceptionType`, logged'
+    " once per kind (not per frame)",
+)
 def test_a_stage_that_raises_is_skipped_counted_and_logged_once(tmp_path: Path) -> None:
     needs_gst()
     out = tmp_path / "out"
@@ -205,6 +226,11 @@ def test_a_stage_that_raises_is_skipped_counted_and_logged_once(tmp_path: Path) 
     assert result.stderr.count("stage 'fragile' failed on") == 1  # logged once per kind
 
 
+@pytest.mark.fault(
+    "A stage raises, `on_error: fail`",
+    "Run stops at once; outputs finalized for every frame before; a non-`EngineError` is a bug in the "
+    "stage: exit 1 with its traceback",
+)
 def test_a_stage_that_raises_under_fail_stops_with_outputs_finalized(tmp_path: Path) -> None:
     needs_gst()
     out = tmp_path / "out"
@@ -234,6 +260,11 @@ def _assert_disk_full_handled(result: subprocess.CompletedProcess[str], events: 
         json.loads(record)
 
 
+@pytest.mark.fault(
+    "Disk full for the output folder (`/dev/full`; a real 256 KiB tmpfs when run as root)",
+    'User error "cannot write … No space left on device"; complete JSONL lines stay valid; the MP4 still '
+    "opens; no traceback",
+)
 def test_disk_full_dev_full(tmp_path: Path) -> None:
     """The JSONL file is a link to /dev/full: every write fails with ENOSPC."""
     needs_gst()
@@ -299,6 +330,11 @@ def test_disk_full_real_tmpfs(tmp_path: Path) -> None:
 # -- cameras --------------------------------------------------------------------------------------
 
 
+@pytest.mark.fault(
+    "Camera refuses connections with `max_attempts: N`",
+    'After N consecutive failures that source fails ("gave up after N failed connection attempts"); the '
+    "other sources go on; exit 2 at the end",
+)
 def test_refused_camera_with_max_attempts_fails_alone(tmp_path: Path) -> None:
     needs_gst()
     port = free_port()
@@ -325,6 +361,10 @@ def test_refused_camera_with_max_attempts_fails_alone(tmp_path: Path) -> None:
     assert "hunter2" not in (out / "summary.json").read_text()
 
 
+@pytest.mark.fault(
+    "RTSP path that does not exist (404)",
+    'Retried like any failed attempt; with `max_attempts` fails with "Not found (404)", password masked',
+)
 @pytest.mark.gst
 def test_rtsp_path_that_does_not_exist_is_retried_then_fails() -> None:
     needs_gst()
@@ -345,6 +385,11 @@ def test_rtsp_path_that_does_not_exist_is_retried_then_fails() -> None:
     assert "hunter2" not in str(caught.value)
 
 
+@pytest.mark.fault(
+    "RTSP password in the URI of a camera that drops and returns",
+    "Masked (`rtsp://admin:***@…`) in every log line, event, error, `summary.json` and metric (metric "
+    "labels are source ids only)",
+)
 @pytest.mark.gst
 def test_credentials_are_masked_in_logs_events_summary_and_metrics(tmp_path: Path) -> None:
     needs_gst()

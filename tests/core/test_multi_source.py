@@ -88,6 +88,11 @@ def test_max_frames_applies_to_each_source() -> None:
     assert Counter(row[0] for row in recorder.rows) == {"a": 10, "b": 7}
 
 
+@pytest.mark.fault(
+    "A source that blocks forever (never yields)",
+    "Its own reader thread: the other sources are not held up; a stop still ends the run (closed, or left"
+    " behind after 5 s with a warning)",
+)
 def test_a_source_that_hangs_does_not_hold_up_the_others() -> None:
     class Hanging(ListSource):
         def frames(self) -> Iterator[Frame]:
@@ -142,6 +147,10 @@ def test_yaml_sources_with_options(tmp_path: Path) -> None:
     assert gate.reconnect.backoff_max_s == 4 and spec.settings.max_wait_ms == 5
 
 
+@pytest.mark.fault(
+    "Bad `sources:` entries (unknown key, bad id, duplicate id, bad policy, bad backoff)",
+    "User error naming the entry (`sources[0] (a.mp4).frame_policy: …`)",
+)
 @pytest.mark.parametrize(
     ("entry", "message"),
     [
@@ -227,6 +236,11 @@ def test_three_sources_two_files_and_a_live_one_get_their_own_outputs(tmp_path: 
     assert f"video_{people_id}" in summary["outputs"]
 
 
+@pytest.mark.fault(
+    "A truncated file among other sources",
+    "The other sources run to their end with complete outputs; the run then exits 2; `summary.json` marks"
+    " that source `failed` with the reason",
+)
 @pytest.mark.gst
 def test_a_failing_file_exits_2_and_leaves_the_other_outputs_complete(tmp_path: Path) -> None:
     if not gstreamer_available():

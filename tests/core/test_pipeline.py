@@ -48,6 +48,10 @@ def test_stages_open_in_order_and_close_in_reverse() -> None:
     assert journal == ["open a", "open b", "eos a cam0", "eos b cam0", "close b", "close a"]
 
 
+@pytest.mark.fault(
+    "A stage fails to open (model missing halfway)",
+    "Stages opened before it (and it) are closed in reverse; sources closed",
+)
 def test_a_failing_open_still_closes_the_stages_opened_before_it_in_reverse() -> None:
     journal: list[str] = []
     source = ListSource(5)

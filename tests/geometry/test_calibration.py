@@ -31,6 +31,10 @@ def _with(**changes: Any) -> dict[str, Any]:
     return {key: value for key, value in document.items() if value is not ...}
 
 
+@pytest.mark.fault(
+    "Malformed calibration (3 points, collinear, self-crossing, …)",
+    "User error naming the problem",
+)
 @pytest.mark.parametrize(
     ("document", "message"),
     [

@@ -98,6 +98,10 @@ def test_canvas_is_written_when_present(tmp_path: Path) -> None:
         assert drawn == (index % 2 == 0), index
 
 
+@pytest.mark.fault(
+    "Frame size changes mid-stream (a camera back at another resolution)",
+    "The video sink keeps the first size (resizes, warns once); trackers were reset by the reconnect",
+)
 def test_odd_sizes_are_padded_and_other_sizes_resized(tmp_path: Path) -> None:
     frames = [picture_frame(i, width=33, height=25) for i in range(4)]
     frames.append(picture_frame(4, width=66, height=50))  # a resolution change midway

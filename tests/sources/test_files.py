@@ -128,6 +128,10 @@ def test_missing_file(tmp_path: Path, backend: str) -> None:
     source.close()
 
 
+@pytest.mark.fault(
+    "Text file renamed `.mp4`",
+    'User error: "cannot read …: could not determine type (not a video file?)"',
+)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_text_file_renamed_mp4(tmp_path: Path, backend: str) -> None:
     path = tmp_path / "notes.mp4"
@@ -143,6 +147,10 @@ def test_text_file_renamed_mp4(tmp_path: Path, backend: str) -> None:
     assert "not a video" in message or "text file" in message
 
 
+@pytest.mark.fault(
+    "Wrong codec/container: audio-only file (no video stream)",
+    'User error: "no video stream in …"',
+)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_audio_only_file(tmp_path: Path, backend: str) -> None:
     import av

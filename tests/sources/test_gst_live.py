@@ -80,6 +80,10 @@ def test_closed_source_cannot_be_opened() -> None:
         source.open()
 
 
+@pytest.mark.fault(
+    "Decoder error in the middle of a stream (GStreamer bus error)",
+    "Frames decoded before the error are delivered first, then the source fails with a one-line reason",
+)
 def test_bus_error_after_frames_is_raised_after_them() -> None:
     from gi.repository import GLib, Gst
 
@@ -168,6 +172,10 @@ def test_rtsp_connection_refused_fails_fast() -> None:
     assert "\n" not in message
 
 
+@pytest.mark.fault(
+    "RTSP server accepts TCP and never answers",
+    "Connection attempt times out after `connect_timeout_s` (one line, then retried when supervised)",
+)
 def test_rtsp_silent_server_times_out() -> None:
     # Accepts the TCP connection and never answers: only the timeout can end open().
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:

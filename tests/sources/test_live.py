@@ -211,6 +211,11 @@ def test_backoff_grows_to_its_cap_with_jitter_below_it(failures: int) -> None:
 # -- real RTSP cameras ------------------------------------------------------------------------
 
 
+@pytest.mark.fault(
+    "Camera killed mid-stream (power cut), 20 times at random moments",
+    "Each loss logged once, counted (`reconnects`), trackers restart (no id glued across the gap), sinks "
+    "keep writing; resumed within 2 s of each return; every segment in the events (`source_reconnected`)",
+)
 @pytest.mark.gst
 @pytest.mark.slow
 def test_camera_killed_and_restarted_resumes_every_time(tmp_path: Path) -> None:
@@ -256,6 +261,11 @@ def test_camera_killed_and_restarted_resumes_every_time(tmp_path: Path) -> None:
     assert all(b[2] > a[2] for a, b in zip(rows, rows[1:], strict=False))  # so do timestamps
 
 
+@pytest.mark.fault(
+    "Camera refuses connections (down at start-up)",
+    "Not fatal: retried with exponential backoff and jitter (0.25 s doubling to 1 s), logged once; picked"
+    " up within ~1 s of appearing; first frame carries `source_connected` with attempts and `down_s`",
+)
 @pytest.mark.gst
 def test_camera_absent_at_start_up_is_picked_up_when_it_appears(tmp_path: Path) -> None:
     needs_rtsp()
@@ -278,6 +288,11 @@ def test_camera_absent_at_start_up_is_picked_up_when_it_appears(tmp_path: Path) 
     assert connected["segment"] == 1 and connected["attempts"] > 2 and connected["down_s"] >= 1.5
 
 
+@pytest.mark.fault(
+    "Camera freezes (TCP open, no data)",
+    "Source watchdog: no frame for `stall_timeout_s` (5 s) → reconnect; a reconnect attempt that hangs is"
+    " cut by `connect_timeout_s`",
+)
 @pytest.mark.gst
 def test_frozen_camera_is_reconnected_by_the_watchdog(tmp_path: Path) -> None:
     needs_rtsp()
@@ -321,6 +336,11 @@ def _age_and_drops(policy: str | None, seconds: float) -> tuple[np.ndarray, int,
     return ages, metrics.frames_dropped["live"], metrics.frames_out["live"]
 
 
+@pytest.mark.fault(
+    "Processing slower than the camera",
+    "`latest` policy (live default): stale frames dropped and counted per source; frame age p99 < 3 frame"
+    " intervals + processing time",
+)
 @pytest.mark.gst
 def test_latest_policy_keeps_frame_age_bounded_under_a_slow_stage() -> None:
     if not gstreamer_available():
@@ -336,6 +356,10 @@ def test_latest_policy_keeps_frame_age_bounded_under_a_slow_stage() -> None:
     assert np.percentile(ages_all, 99) > bound_ms  # every frame kept: the backlog ages
 
 
+@pytest.mark.fault(
+    "Processing slower than a file is read",
+    "`all` policy (files): nothing dropped, the reader waits",
+)
 def test_file_source_drops_nothing_under_a_slow_stage() -> None:
     from tests.helpers import ListSource
 

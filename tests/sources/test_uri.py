@@ -21,7 +21,7 @@ from engine.sources.uri import TestPattern, mask_credentials, parse_uri
         (
             "rtsp://admin:s3cr@t@10.0.0.5:554/stream1",
             "rtsp",
-            "rtsp://admin:s3cr@t@10.0.0.5:554/stream1",
+            "rtsp://10.0.0.5:554/stream1",  # the user and password go to rtspsrc as properties
             "rtsp://admin:***@10.0.0.5:554/stream1",
             True,
         ),
