@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -12,6 +13,11 @@ from engine.sources.gst import prefer_gnu_unwinder
 # Test helpers import GStreamer directly (RTSP servers, raw pipelines): the C++ unwinder must
 # be global before any of them does, as the engine makes sure for itself.
 prefer_gnu_unwinder()
+# And OpenVINO, when installed, must be loaded before GStreamer's plugins, as the detect stage
+# does for a run (engine.backends.preload_runtime): tests that export or run OpenVINO models
+# share this process with tests that started GStreamer earlier.
+with contextlib.suppress(ImportError):
+    import openvino  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DIR = Path(os.environ.get("VISTREAM_SHARED", REPO_ROOT.parent / "shared")).resolve()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
@@ -17,6 +16,7 @@ from engine.cli import calibrate, emotion_threshold, run, serve
 from engine.cli.bench import pipeline as bench
 from engine.cli.export import model as export
 from engine.cli.secrets import mask_log_handlers, mask_process_title, one_line
+from engine.cli.std_streams import reopen_closed_std_streams
 from engine.errors import EngineError
 from engine.registry import first_doc_line, installed_stages, resolve_stage
 from engine.sources.gst import prefer_gnu_unwinder
@@ -44,35 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def reopen_closed_std_streams() -> list[int]:
-    """Point closed stdin/stdout/stderr at /dev/null before anything opens a file.
-
-    With fd 2 closed (``2>&-``, a daemon manager), Python sets ``sys.stderr`` to None and the
-    first progress bar or log line ends the run; worse, the next file opened (``events.jsonl``)
-    would get fd 2 and every native library's message would be written into it.
-
-    Returns:
-        The descriptors that were closed and now lead to /dev/null.
-    """
-    reopened = []
-    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
-        try:
-            os.fstat(fd)
-            continue
-        except OSError:
-            pass
-        null = os.open(os.devnull, os.O_RDWR)
-        if null != fd:
-            os.dup2(null, fd)
-            os.close(null)
-        setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))  # noqa: SIM115
-        reopened.append(fd)
-    return reopened
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `vistream` console script."""
-    reopen_closed_std_streams()
+    reopen_closed_std_streams()  # again: cheap, and main() may be called without the package init
     prefer_gnu_unwinder()  # before a plugin could load GStreamer on its own
     parser = build_parser()
     args = parser.parse_args(argv)
