@@ -101,13 +101,24 @@ def test_two_runs_into_one_output_directory(tmp_path: Path) -> None:
     )
     assert third.returncode == 0, third.stderr
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [LOCK_NAME, "events.jsonl", "manifest.json", "mine.txt", "summary.json", "tracks_objects.txt"]
+        [
+            LOCK_NAME,
+            "events.jsonl",
+            "manifest.json",
+            "mine.txt",
+            "objects.jsonl",
+            "summary.json",
+            "tracks_objects.txt",
+            "vehicles.csv",
+        ]
     )  # the first run's annotated.mp4 is gone with the rest of its outputs
     assert (out / "events.jsonl").read_text().count("\n") == 3
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "completed"
     assert {entry["file"] for entry in manifest["files"].values()} == {
         "events.jsonl",
+        "objects.jsonl",
         "summary.json",
         "tracks_objects.txt",
+        "vehicles.csv",
     }
