@@ -151,6 +151,8 @@ class ReplayDetector(BaseStage):
         self.jitter_px = float(jitter_px)
         self.seed = seed
         self.track_ids = bool(track_ids)
+        # With ids it stands in for a tracker: the layer gets its MOT file and object events.
+        self.tracked_layers = (layer,) if self.track_ids else ()
         self.first_frame = first_frame
         self.min_confidence = float(min_confidence)
         self._mot: dict[int, np.ndarray] = {}

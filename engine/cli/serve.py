@@ -2,7 +2,7 @@
 
 Usage::
 
-    vistream serve [--host 127.0.0.1] [--port 8080] [--data DIR] [--token TOKEN]
+    vistream serve [--host 127.0.0.1] [--port 8080] [--data DIR] [--token TOKEN] [--publish URL]...
                    [--cluster auto|HOST:PORT|ray://HOST:10001 [--stream-cpus 1] [--stream-gpus 0]]
 
 Then open http://127.0.0.1:8080/ (the API's docs are at /docs). Streams added through the
@@ -22,6 +22,7 @@ from typing import Any
 from engine.checks import check_int, check_number
 from engine.cli.run import limit_malloc_arenas
 from engine.errors import ConfigError
+from engine.publish.base import check_publish_url
 from engine.serve.security import TOKEN_ENV, is_loopback, require_token_for
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,14 @@ def add_subcommand(subparsers: Any) -> None:
         default=0.0,
         help="GPUs each stream reserves on the cluster (0.25: a quarter)",
     )
+    parser.add_argument(
+        "--publish",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="publish the object events of every stream that sets no 'publish' of its own: "
+        "nats://HOST:PORT (JetStream) or mqtt://HOST:PORT; repeatable",
+    )
     parser.add_argument("--access-log", action="store_true", help="log every HTTP request (tokens masked)")
     parser.add_argument("--quiet", action="store_true", help="warnings only")
     parser.set_defaults(handler=serve_command)
@@ -99,6 +108,8 @@ def serve_command(args: argparse.Namespace) -> int:
     check_int("--port", args.port, low=0, high=65535)
     check_number("--live-fps", args.live_fps, low=0.1, high=60)
     check_int("--jpeg-quality", args.jpeg_quality, low=1, high=100)
+    for url in args.publish:  # before a cluster is joined: a typo fails at once
+        check_publish_url(url)
     limit_malloc_arenas()
     # The workers are fresh interpreters: glibc reads this when they start (see limit_malloc_arenas).
     os.environ.setdefault("MALLOC_ARENA_MAX", "2")
@@ -123,6 +134,7 @@ def serve_command(args: argparse.Namespace) -> int:
             jpeg_quality=args.jpeg_quality,
             log_level=level,
             placement=placement,
+            publish=args.publish,
         )
     except OSError as error:
         raise ConfigError(f"cannot use data directory {args.data}: {error.strerror}") from error

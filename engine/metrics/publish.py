@@ -65,6 +65,7 @@ class DeliveryStats:
             "publishers": {
                 p.name: {
                     "state": p.state,
+                    "connected": p.connected,
                     "published": p.published,
                     "replayed": p.replayed,
                     "errors": p.errors,
@@ -73,6 +74,32 @@ class DeliveryStats:
                 for p in self.publishers
             },
         }
+
+    @classmethod
+    def from_dict(cls, document: Mapping[str, Any]) -> DeliveryStats:
+        """Rebuild the numbers from :meth:`to_dict` (a service reads them from its workers)."""
+        return cls(
+            spool_events=int(document.get("spool_events", 0)),
+            spool_bytes=int(document.get("spool_bytes", 0)),
+            spooled=int(document.get("spooled", 0)),
+            dropped={str(k): int(v) for k, v in dict(document.get("dropped", {})).items()},
+            publishers=tuple(
+                PublisherStats(
+                    name=str(name),
+                    state=str(values.get("state", "closed")),
+                    connected=bool(values.get("connected", False)),
+                    published=int(values.get("published", 0)),
+                    replayed=int(values.get("replayed", 0)),
+                    errors=int(values.get("errors", 0)),
+                    pending=int(values.get("pending", 0)),
+                )
+                for name, values in dict(document.get("publishers", {})).items()
+            ),
+        )
+
+    def stats(self) -> DeliveryStats:
+        """Itself (a snapshot is a :class:`DeliveryStatsSource` too)."""
+        return self
 
 
 class DeliveryStatsSource(Protocol):

@@ -72,15 +72,17 @@ def topic_token(source_id: str) -> str:
     return _SUBJECT_UNSAFE.sub("_", source_id) or "_"
 
 
-def open_publisher(url: str) -> Publisher:
-    """Build the publisher for a ``--publish`` URL (``nats://host:port``, ``mqtt://host:port``).
+def check_publish_url(url: object) -> str:
+    """Return ``url`` if it names a broker a publisher exists for; nothing is imported or
+    connected (the service validates stream configurations with it).
 
     Raises:
-        ConfigError: Unknown scheme or malformed URL.
+        ConfigError: Not a string, unknown scheme, or no ``HOST:PORT``.
     """
+    if not isinstance(url, str):
+        raise ConfigError(f"--publish: a broker URL must be a string, got {url!r}")
     parts = urlsplit(url)
-    target = SCHEMES.get(parts.scheme)
-    if target is None:
+    if parts.scheme not in SCHEMES:
         raise ConfigError(
             f"--publish {mask_credentials(url)!r}: unknown scheme {parts.scheme!r}; expected one of "
             + ", ".join(f"{scheme}://" for scheme in SCHEMES)
@@ -91,6 +93,16 @@ def open_publisher(url: str) -> Publisher:
         raise ConfigError(f"--publish {mask_credentials(url)!r}: {error}") from error
     if not parts.hostname or port is None:
         raise ConfigError(f"--publish {mask_credentials(url)!r}: expected {parts.scheme}://HOST:PORT")
+    return url
+
+
+def open_publisher(url: str) -> Publisher:
+    """Build the publisher for a ``--publish`` URL (``nats://host:port``, ``mqtt://host:port``).
+
+    Raises:
+        ConfigError: Unknown scheme or malformed URL.
+    """
+    target = SCHEMES[urlsplit(check_publish_url(url)).scheme]
     module_name, _, class_name = target.partition(":")
     publisher_class = getattr(importlib.import_module(module_name), class_name)
     publisher: Publisher = publisher_class(url)

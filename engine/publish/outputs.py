@@ -42,15 +42,18 @@ def open_published_outputs(
     write_video: bool,
     source_ids: Sequence[str] = (),
     publish: Sequence[str] = (),
+    spool_path: Path | None = None,
 ) -> PublishedOutputs:
     """The standard sinks of ``out_dir`` (:func:`~engine.sinks.outputs.open_outputs`), the object
-    events of which also go to every ``publish`` URL through ``out_dir/spool.sqlite``.
+    events of which also go to every ``publish`` URL through a spool: ``spool_path``, or
+    ``out_dir/spool.sqlite`` by default. A service stream keeps one spool across its runs, so
+    what one run could not deliver goes out with the next.
 
     Raises:
         ConfigError: A publish URL is invalid.
         SinkError: The directory or the spool cannot be written.
     """
-    delivery = EventDelivery.open(out_dir, publish) if publish else None
+    delivery = EventDelivery.open(out_dir, publish, spool_path=spool_path) if publish else None
     try:
         outputs = open_outputs(
             out_dir,

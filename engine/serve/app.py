@@ -72,6 +72,12 @@ class StreamIn(BaseModel):
         default_factory=dict, description="source options: frame_policy, reconnect..."
     )
     record_video: StrictBool = False
+    publish: list[str] | None = Field(
+        default=None,
+        max_length=8,
+        description="broker URLs for the object events (nats://HOST:PORT, mqtt://HOST:PORT); "
+        "null: the service's --publish",
+    )
     enabled: StrictBool = True
 
 
@@ -91,6 +97,7 @@ class StreamPatch(BaseModel):
     source: dict[str, Any] | None = None
     calibration: CalibrationIn | None = None
     record_video: StrictBool | None = None
+    publish: list[str] | None = Field(default=None, max_length=8, description="null: the service's --publish")
     enabled: StrictBool | None = None
 
 

@@ -11,7 +11,10 @@
     vistream_stream_worker_restarts_total{stream} worker processes started again after an exit
     vistream_streams                              streams registered
 
-Labels are stream names only, never URIs.
+and, for streams that publish their object events, the delivery families of
+:mod:`engine.metrics.publish` (spool depth and drops, each publisher's state, pending,
+published) with a ``stream`` label. Labels are stream names and broker URLs with credentials
+masked, never camera URIs.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from engine.metrics.publish import DeliveryCollector, DeliveryStats
 
 #: Every state a stream can be in.
 STATES = ("starting", "running", "reconnecting", "failed", "stopped")
@@ -79,4 +84,14 @@ def render_metrics(service: Any) -> bytes:
     """The Prometheus text exposition of the service's streams."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ServiceCollector(service))
+    registry.register(DeliveryCollector(streams=lambda: _deliveries(service)))
     return generate_latest(registry)
+
+
+def _deliveries(service: Any) -> dict[str, DeliveryStats]:
+    """The delivery numbers each publishing stream's worker last reported."""
+    return {
+        view["name"]: DeliveryStats.from_dict(view["delivery"])
+        for view in service.views()
+        if isinstance(view.get("delivery"), dict)
+    }

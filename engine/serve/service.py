@@ -11,12 +11,15 @@ Data directory layout::
     DATA/pipelines/*.yaml           the operator's own pipelines (besides the shipped ones)
     DATA/calibrations/<name>.yaml   calibrations saved from the editor
     DATA/streams/<name>/<start>/    each worker run's outputs (events.jsonl, tracks, video)
+    DATA/streams/<name>/spool.sqlite  the stream's event spool, kept across its runs (publishing)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ import numpy as np
 from engine.errors import CalibrationError, ConfigError
 from engine.geometry.calibration import Calibration
 from engine.geometry.grid import grid_segments, grid_spacing
+from engine.publish.base import check_publish_url
 from engine.serve.registry import StreamRegistry
 from engine.serve.streams import (
     PipelineCatalog,
@@ -39,7 +43,7 @@ from engine.serve.supervisor import StreamSupervisor
 logger = logging.getLogger(__name__)
 
 #: Keys a PATCH may change (the name is the stream's identity and cannot).
-MUTABLE_KEYS = ("uri", "pipeline", "source", "calibration", "record_video", "enabled")
+MUTABLE_KEYS = ("uri", "pipeline", "source", "calibration", "record_video", "publish", "enabled")
 
 
 class NotFoundError(ConfigError):
@@ -60,6 +64,11 @@ class StreamService:
         log_level: Logging level of the worker processes.
         placement: Where workers run instead of local child processes: an
             :class:`engine.cluster.placement.RayPlacement` (``--cluster``), or None.
+        publish: Broker URLs for the object events of streams whose ``publish`` is null
+            (``vistream serve --publish``).
+
+    Raises:
+        ConfigError: A ``publish`` URL is invalid, or the registry cannot be opened.
     """
 
     def __init__(
@@ -70,7 +79,9 @@ class StreamService:
         jpeg_quality: int = 80,
         log_level: int = logging.INFO,
         placement: Any = None,
+        publish: Sequence[str] = (),
     ) -> None:
+        self.default_publish = [check_publish_url(url) for url in publish]
         self.data_dir = Path(data_dir).resolve()
         self.catalog = PipelineCatalog(self.data_dir)
         self.registry = StreamRegistry(self.data_dir / "streams.db")
@@ -103,6 +114,8 @@ class StreamService:
 
     def _start_worker(self, config: StreamConfig, restarts: int = 0) -> None:
         make = StreamSupervisor if self.placement is None else self.placement.supervisor
+        if config.publish is None:  # the service's brokers; the registry keeps null
+            config = dataclasses.replace(config, publish=list(self.default_publish))
         supervisor = make(
             config,
             data_dir=self.data_dir,

@@ -7,6 +7,7 @@ accepts, the registry stores and a worker runs::
      "source": {"frame_policy": "latest", "stall_timeout_s": 5},   # optional, see engine.sources.spec
      "calibration": null,       # set by the calibration editor: a file under DATA/calibrations
      "record_video": false,     # also write annotated.mp4 (events.jsonl and tracks always)
+     "publish": ["nats://127.0.0.1:4222"],   # object events to brokers; null: the service's --publish
      "enabled": true}
 
 The name is also the source id (metric labels, output folders), so it follows the source id
@@ -14,8 +15,8 @@ rules. Pipelines are chosen by name only: the shipped ones and the YAML files an
 in ``DATA/pipelines`` (a file there wins over a shipped pipeline of the same name). A path
 from the API is refused, since a pipeline may import any ``module:Class``.
 
-The URI is stored as given and shown only through :func:`public_view`, with any password
-masked.
+The URI and the broker URLs are stored as given and shown only through :func:`public_view`,
+with any password masked.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any, cast
 
 from engine.config import PIPELINES_DIR, PipelineSpec, load_pipeline
 from engine.errors import ConfigError
+from engine.publish.base import check_publish_url
 from engine.sources.spec import SOURCE_KEYS, SourceSpec, parse_sources
 from engine.sources.uri import mask_credentials
 
@@ -49,6 +51,9 @@ class StreamConfig:
         source: Source options (``frame_policy``, ``reconnect``, ``stall_timeout_s``...).
         calibration: Calibration file the stages that take one use instead of the pipeline's.
         record_video: Also write the annotated video.
+        publish: Broker URLs the stream's object events are published to (``nats://``,
+            ``mqtt://``, as ``vistream run --publish``); ``[]`` none; None: the service's
+            ``--publish`` URLs.
         enabled: False keeps the stream registered but its worker stopped.
     """
 
@@ -58,6 +63,7 @@ class StreamConfig:
     source: dict[str, Any] = field(default_factory=dict)
     calibration: str | None = None
     record_video: bool = False
+    publish: list[str] | None = field(default=None, repr=False)  # may hold passwords
     enabled: bool = True
 
     def source_spec(self) -> SourceSpec:
@@ -83,6 +89,8 @@ def public_view(config: StreamConfig) -> dict[str, Any]:
     """What the API and the UI show of a stream's configuration: the URI masked."""
     document = config.to_dict()
     document["uri"] = mask_credentials(config.uri)
+    if config.publish is not None:
+        document["publish"] = [mask_credentials(url) for url in config.publish]
     return document
 
 
@@ -195,6 +203,13 @@ def validate_stream(document: dict[str, Any], catalog: PipelineCatalog) -> Strea
     spec = catalog.load(config.pipeline)
     if config.calibration is not None and not calibration_stages(spec):
         raise ConfigError(f"pipeline {config.pipeline!r} has no stage that takes a calibration")
+    if config.publish is not None:
+        if not isinstance(config.publish, list):
+            raise ConfigError(f"'publish' must be a list of broker URLs or null, got {config.publish!r}")
+        for url in config.publish:
+            check_publish_url(url)
+        if len(set(config.publish)) != len(config.publish):
+            raise ConfigError("'publish': a broker is given twice")
     for name in ("record_video", "enabled"):
         if not isinstance(getattr(config, name), bool):
             raise ConfigError(f"'{name}' must be true or false, got {getattr(config, name)!r}")

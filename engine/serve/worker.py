@@ -11,6 +11,11 @@ included) and the sinks of :func:`engine.sinks.outputs.open_outputs`, into
 ``DATA/streams/<name>/<UTC start time>/``, plus a :class:`FrameTap` that keeps the latest
 frame and the recent events in memory. Nothing is encoded until someone asks for a JPEG.
 
+With ``publish`` URLs, the object events also go to those brokers through the stream's spool
+``DATA/streams/<name>/spool.sqlite``, which outlives a run: what one run of the stream could
+not deliver (a broker down, the worker killed) goes out first when the stream runs again,
+here or, with the data directory on shared storage, on another node of a cluster.
+
 Status (:meth:`StreamWorker.status`): ``state`` is ``starting`` (building the pipeline, loading
 models, first connection), ``running`` (frames flow), ``reconnecting`` (the source is lost or
 unreachable and being retried), ``failed`` (the pipeline stopped with an error) or
@@ -33,8 +38,9 @@ import numpy as np
 from engine.errors import EngineError
 from engine.frame import Batch, Frame, SourceInfo
 from engine.pipeline import Pipeline
+from engine.publish.delivery import SPOOL_NAME, EventDelivery
+from engine.publish.outputs import open_published_outputs
 from engine.serve.streams import PipelineCatalog, StreamConfig, with_calibration
-from engine.sinks.outputs import open_outputs
 from engine.sources.supervised import SupervisedSource
 from engine.sources.uri import mask_credentials
 from engine.stage import Context
@@ -45,6 +51,9 @@ logger = logging.getLogger(__name__)
 EVENTS_KEPT = 200
 #: At most one ``objects`` summary event per this many seconds.
 OBJECTS_EVENT_INTERVAL_S = 1.0
+#: At a stop, how long the brokers may take to acknowledge what is spooled (the worker's stop
+#: budget is 10 s); the rest stays in the stream's spool for its next run.
+PUBLISH_DRAIN_S = 4.0
 # fps is measured over at least this long (and frame ages over the frames of that window).
 _FPS_WINDOW_S = 2.0
 
@@ -174,6 +183,7 @@ class StreamWorker:
         self._ended = False
         self._history: deque[tuple[float, int]] = deque(maxlen=64)
         self._jpeg_cache: tuple[int, bool, bytes] | None = None
+        self._delivery: EventDelivery | None = None
 
     def start(self) -> None:
         """Start the pipeline thread."""
@@ -209,11 +219,23 @@ class StreamWorker:
             pipeline = Pipeline.from_spec(spec, with_drawing=True)
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
             self.out_dir = self.data_dir / "streams" / config.name / stamp
-            outputs = open_outputs(self.out_dir, pipeline, write_video=config.record_video)
+            outputs = open_published_outputs(
+                self.out_dir,
+                pipeline,
+                write_video=config.record_video,
+                source_ids=[config.name],
+                publish=config.publish or (),
+                spool_path=self.data_dir / "streams" / config.name / SPOOL_NAME,
+            )
+            self._delivery = outputs.delivery
             self._pipeline = pipeline
-            if self._stop_requested.is_set():
-                return
-            pipeline.run([feed], [*outputs.sinks, self.tap])
+            try:
+                if not self._stop_requested.is_set():
+                    pipeline.run([feed], [*outputs.sinks, self.tap])
+            finally:
+                # What the brokers do not take in time stays in the stream's spool: the next
+                # run of this stream (a restart, or another node of a cluster) sends it.
+                outputs.close_delivery(drain_timeout_s=PUBLISH_DRAIN_S)
         except EngineError as error:
             self._error = mask_credentials(str(error))
             logger.error("stream %s failed: %s", config.name, self._error)
@@ -240,6 +262,7 @@ class StreamWorker:
             "width": None,
             "height": None,
             "outputs": str(self.out_dir) if self.out_dir is not None else None,
+            "delivery": self._delivery.stats().to_dict() if self._delivery is not None else None,
         }
         if pipeline is not None:
             name = self.config.name

@@ -40,6 +40,42 @@ stages:
 """
 
 
+def write_replayed_pipeline(
+    data_dir: Path, *, frames: int = 3000, new_track_every: int = 10, track_frames: int = 30
+) -> None:
+    """Put pipeline ``replayed`` in the service's data directory: the ``replay`` stage gives
+    tracked objects from a MOT file (one new track every ``new_track_every`` frames, each
+    seen for ``track_frames``), so a cheap ``test://`` stream has object events to publish."""
+    lines = []
+    for track in range(1, frames // new_track_every + 1):
+        first = (track - 1) * new_track_every
+        for frame in range(first, min(first + track_frames, frames)):
+            x = 4 + 3 * (frame - first)
+            lines.append(f"{frame + 1},{track},{x},20,16,12,0.9")
+    folder = data_dir / "pipelines"
+    folder.mkdir(parents=True, exist_ok=True)
+    mot = folder / "replayed.mot.txt"
+    mot.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (folder / "replayed.yaml").write_text(
+        f"device: cpu\nstages:\n  - stage: replay\n    path: {mot}\n    track_ids: true\n", encoding="utf-8"
+    )
+
+
+def read_objects_files(stream_dir: Path) -> list[dict[str, Any]]:
+    """Every object event of every run of a stream (``DATA/streams/<name>/*/objects.jsonl``);
+    a torn last line of a killed run is skipped."""
+    import json
+
+    events = []
+    for path in sorted(stream_dir.glob("*/objects.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return events
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as sock:
