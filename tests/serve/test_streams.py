@@ -47,6 +47,16 @@ def catalog(tmp_path: Path) -> PipelineCatalog:
         ),
         ({"name": "cam1", "pipeline": "plain"}, "missing 'uri'"),
         (
+            {"name": "cam1", "uri": "test://", "pipeline": "plain", "publish": ["kafka://u:secret@k:9092"]},
+            "unknown scheme 'kafka'",
+        ),
+        ({"name": "cam1", "uri": "test://", "pipeline": "plain", "publish": ["nats://host"]}, "HOST:PORT"),
+        ({"name": "cam1", "uri": "test://", "pipeline": "plain", "publish": "nats://h:1"}, "list of broker"),
+        (
+            {"name": "cam1", "uri": "test://", "pipeline": "plain", "publish": ["nats://h:1", "nats://h:1"]},
+            "given twice",
+        ),
+        (
             {
                 "name": "cam1",
                 "uri": "rtsp://u:secret@cam.local/s",
@@ -77,6 +87,16 @@ def test_valid_stream_and_its_public_view_masks_the_password(catalog: PipelineCa
     assert view["uri"] == "rtsp://admin:***@10.0.0.5:554/s1"
     assert "s3cret" not in repr(config) and "s3cret" not in str(view)
     assert config.to_dict()["uri"].endswith("s3cret@10.0.0.5:554/s1")  # stored as given
+
+
+def test_publish_urls_are_masked_in_the_public_view(catalog: PipelineCatalog) -> None:
+    config = validate_stream(
+        {"name": "gate", "uri": "test://", "pipeline": "plain", "publish": ["nats://bot:s3cret@broker:4222"]},
+        catalog,
+    )
+    assert public_view(config)["publish"] == ["nats://bot:***@broker:4222"]
+    assert "s3cret" not in repr(config)
+    assert config.to_dict()["publish"] == ["nats://bot:s3cret@broker:4222"]
 
 
 def test_catalog_lists_shipped_and_own_pipelines_and_finds_calibrated_stages(
