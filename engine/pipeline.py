@@ -37,7 +37,7 @@ from engine.errors import ConfigError, EngineError, SourceError
 from engine.frame import Batch, SourceInfo
 from engine.metrics.run import RunMetrics
 from engine.run_ahead import RunAhead, StageRun, StageWatchdog, run_stages
-from engine.sinks.base import Sink
+from engine.sinks.base import SegmentEndSink, Sink
 from engine.sources.base import Feed, SegmentedSource, Source
 from engine.sources.uri import mask_credentials
 from engine.stage import Context, NamedStage
@@ -308,6 +308,10 @@ class Pipeline:
             self.metrics.update_source(marker.source_id, state="down")
             for named in self.stages:
                 named.stage.end_of_stream(marker.source_id)
+            reason = mask_credentials(marker.reason)
+            for sink in sinks:
+                if isinstance(sink, SegmentEndSink):
+                    sink.segment_ended(marker.source_id, reason)
         elif isinstance(marker, SourceEnded):
             if marker.error is not None:
                 message = mask_credentials(str(marker.error))

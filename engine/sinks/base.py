@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from engine.errors import SinkError
 from engine.frame import Batch
@@ -29,6 +29,20 @@ class Sink(Protocol):
 
     def close(self) -> None:
         """Finalize the output; safe to call twice."""
+
+
+@runtime_checkable
+class SegmentEndSink(Protocol):
+    """A sink that also wants to hear when a reconnecting source loses its connection.
+
+    Optional: the pipeline calls :meth:`segment_ended` on sinks that have it, right after the
+    lost segment's last frame (its stages already had ``end_of_stream``). The source goes on
+    (its next segment's frames follow later), so nothing per source is finalized here; the
+    objects sink ends that source's objects at the loss instead of at the reconnect.
+    """
+
+    def segment_ended(self, source_id: str, reason: str) -> None:
+        """The source's connection was lost (``reason`` in words, credentials masked)."""
 
 
 SOURCE_PLACEHOLDER = "{source_id}"

@@ -5,8 +5,11 @@ Convention:
       ``new`` when its id first appears (trackers give ids only to confirmed tracks);
       ``end`` when it was not seen for ``end_after_s`` of the source's timestamps (longer
       than the tracker keeps a lost track, so an ended id never comes back), when its
-      source ends, when a supervised source reconnects (``source_reconnected``: the tracker
-      starts afresh) or when the run stops.
+      source ends, when a supervised source loses its connection (``source_lost``, at each
+      object's last sighting: the tracker starts afresh after the reconnect; the objects
+      sink hears the loss from the pipeline) or when the run stops. A final speed the speed
+      stage issues at the loss is in ``vehicles.csv`` and ``events.jsonl``, not in that
+      ``end`` (it comes with the next segment's first frame, after the object ended).
     - ``update`` when something a consumer cares about changes, one change per event under
       ``change.kind``: ``zone_entered``, ``zone_left`` (with ``dwell_s``), ``line_crossed``
       (``line``, ``direction``) from the ``zones`` and ``lines`` stages' frame events;
@@ -44,6 +47,8 @@ logger = logging.getLogger(__name__)
 #: Frame event types the lifecycle turns into ``update`` events.
 ZONE_ENTERED, ZONE_LEFT, LINE_CROSSED = "zone_entered", "zone_left", "line_crossed"
 SPEED_FINAL, SOURCE_RECONNECTED, ALERT = "vehicle_speed_final", "source_reconnected", "alert"
+#: ``end_reason`` of objects ended because their reconnecting source lost its connection.
+SOURCE_LOST = "source_lost"
 
 
 def _number(value: Any, decimals: int = 3) -> float | None:

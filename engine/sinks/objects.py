@@ -29,7 +29,7 @@ from typing import Any, Protocol, TextIO
 
 from engine.errors import SinkError
 from engine.frame import OBJECTS_LAYER, Batch
-from engine.sinks.lifecycle import ObjectLifecycle
+from engine.sinks.lifecycle import SOURCE_LOST, ObjectLifecycle
 from engine.sinks.serialize import to_json_line
 from engine.stage import Context
 
@@ -99,6 +99,12 @@ class ObjectEventsSink:
     def end_of_stream(self, source_id: str) -> None:
         """End the source's objects."""
         self._emit(self.lifecycle.end_source(source_id, reason="end_of_stream"))
+
+    def segment_ended(self, source_id: str, reason: str) -> None:
+        """A reconnecting source lost its connection: its objects end now, at their last
+        sighting (``end_reason`` ``source_lost``), not when the source comes back (its tracker
+        starts afresh then, with new ids)."""
+        self._emit(self.lifecycle.end_source(source_id, reason=SOURCE_LOST))
 
     def close(self) -> None:
         """End the objects still open (a stop), close the file; safe to call twice."""

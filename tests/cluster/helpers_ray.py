@@ -275,3 +275,58 @@ class NetnsService:
     def log(self) -> str:
         """The service's output so far (the last 4000 characters)."""
         return self.log_path.read_text(encoding="utf-8", errors="replace")[-4000:]
+
+
+#: nats-server's port inside the namespace (outside the nodes' worker ports and Ray's
+#: ephemeral ones).
+NATS_PORT = 14222
+
+
+class NetnsNats:
+    """A real nats-server with JetStream inside the namespace, killable and restartable on the
+    same port and store.
+
+    Args:
+        netns: The namespace.
+        binary: The nats-server executable.
+        workdir: Its store (``js/``) and log.
+    """
+
+    def __init__(self, netns: Netns, binary: Path, workdir: Path) -> None:
+        self.netns = netns
+        self.log_path = workdir / "nats.log"
+        self.command = [
+            str(binary),
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(NATS_PORT),
+            "-js",
+            "-sd",
+            str(workdir / "js"),
+        ]
+        self.process: subprocess.Popen[bytes] | None = None
+        self.url = f"nats://127.0.0.1:{NATS_PORT}"
+
+    def start(self) -> None:
+        """Start it and wait until it listens."""
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.netns.exec_args(*self.command), stdout=log, stderr=subprocess.STDOUT
+            )
+        wait_for_port(self.netns, NATS_PORT, timeout_s=30)
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye, no final save."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None
+
+    def events(self) -> list[dict[str, Any]]:
+        """Every event the JetStream stream holds, in stream order (read inside the namespace)."""
+        import asyncio
+
+        from engine.publish.stream import read_stream
+
+        return [event for _, event in self.netns.call(lambda: asyncio.run(read_stream(self.url)))]

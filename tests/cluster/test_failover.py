@@ -1,7 +1,9 @@
 """`vistream serve --cluster` on a real local Ray cluster: ten streams over a head and a worker
-node, a stream moved by the API, the worker node's raylet killed by PID, every stream running
-again on the head within the promised time, with the gap marked and no event dropped; then a
-new node joins and takes new streams.
+node, a stream moved by the API, the worker node's raylet killed by PID while the event broker
+(a real nats-server in the namespace) is down, every stream running again on the head within the
+promised time, with the gap marked and no event dropped, and every object event of every run,
+the dead node's unsent ones included, at the broker once; then a new node joins and takes new
+streams.
 
 One module-scoped cluster (starting Ray dominates the time: minutes on a loaded 2-core box).
 """
@@ -20,12 +22,14 @@ from engine.cluster import FAILOVER_PROMISE_S
 from tests.cluster.helpers_ray import (
     HEAD_PORT,
     Netns,
+    NetnsNats,
     NetnsService,
     RayNode,
     netns_unavailable,
     wait_for_port,
 )
-from tests.serve.helpers_serve import write_pipelines
+from tests.publish.helpers_brokers import nats_server_binary
+from tests.serve.helpers_serve import read_objects_files, write_pipelines, write_replayed_pipeline
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 logger = logging.getLogger(__name__)
@@ -39,8 +43,11 @@ START_TIMEOUT_S = 300.0
 class Cluster:
     """The running pieces and what the test measured."""
 
-    def __init__(self, netns: Netns, nodes: list[RayNode], service: NetnsService, temp_dir: Path) -> None:
+    def __init__(
+        self, netns: Netns, nodes: list[RayNode], service: NetnsService, temp_dir: Path, nats: NetnsNats
+    ) -> None:
         self.netns, self.nodes_started, self.service, self.temp_dir = netns, nodes, service, temp_dir
+        self.nats = nats
         self.head, self.worker = nodes
         self.timings: dict[str, float] = {}
 
@@ -89,11 +96,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     temp_dir = Path(f"/tmp/vsray-{root.name[-6:]}")  # Ray's socket paths must stay short
     data_dir = root / "data"
     write_pipelines(data_dir)
+    write_replayed_pipeline(data_dir)  # tracked objects from a MOT file: object events to publish
+    nats_binary = nats_server_binary()
     with Netns() as netns:
         nodes: list[RayNode] = []
         service: NetnsService | None = None
+        nats = NetnsNats(netns, nats_binary, root)
         try:
             started_s = time.monotonic()
+            nats.start()
             head = RayNode(
                 netns,
                 temp_dir=temp_dir,
@@ -123,9 +134,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 "1",
                 "--live-fps",
                 "5",
+                "--publish",
+                nats.url,
             )
             service.wait_healthy()
-            running = Cluster(netns, nodes, service, temp_dir)
+            running = Cluster(netns, nodes, service, temp_dir, nats)
             running.wait(lambda: len([n for n in running.nodes() if n["alive"]]) == 2, 240, "two nodes alive")
             running.timings["cluster_and_service_up_s"] = round(time.monotonic() - started_s, 1)
             yield running
@@ -134,6 +147,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 service.stop()
             for node in reversed(nodes):
                 node.stop()
+            nats.kill()
             import shutil
 
             shutil.rmtree(temp_dir, ignore_errors=True)
@@ -142,7 +156,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 def test_streams_spread_move_and_fail_over_to_the_head(cluster: Cluster) -> None:
     for name in STREAMS:
         response = cluster.service.request(
-            "POST", "/api/streams", json={"name": name, "uri": URI, "pipeline": "plain"}
+            "POST", "/api/streams", json={"name": name, "uri": URI, "pipeline": "replayed"}
         )
         assert response.status_code == 201, response.text
     added_s = time.monotonic()
@@ -181,9 +195,20 @@ def test_streams_spread_move_and_fail_over_to_the_head(cluster: Cluster) -> None
     assert snapshot.status_code == 200 and snapshot.content[:2] == b"\xff\xd8"  # from the other node
     before = {name: _events(cluster, name) for name in STREAMS}
 
+    # The broker dies first, so the worker node's streams hold events only their spools have.
+    cluster.nats.kill()
+    cluster.wait(
+        lambda: all(_pending(view) > 0 for name, view in cluster.streams().items() if name in on_worker),
+        60,
+        "events spooled on the worker node while the broker is down",
+    )
+    cluster.timings["events_spooled_on_the_worker_node_at_the_kill"] = sum(
+        _pending(view) for name, view in cluster.streams().items() if name in on_worker
+    )
     # The worker node dies: its raylet is killed; `ray start --block` then ends the node.
     killed_s = time.monotonic()
     _kill(cluster.worker.raylet_pid())
+    cluster.nats.start()  # same port and store
 
     def all_on_head() -> dict[str, dict[str, Any]] | None:
         views = all_running()
@@ -233,6 +258,31 @@ def test_streams_spread_move_and_fail_over_to_the_head(cluster: Cluster) -> None
     assert new_id in {views[name]["node"] for name in ("late0", "late1")}, views
     assert all(views[name]["node"] == head_id for name in STREAMS)
     print(f"\ncluster timings (s): {cluster.timings}")
+
+    # Every object event of every run of every stream, the dead node's included, is at the broker
+    # once, in the order it was made (per run). Stopping the service finalizes the streams.
+    cluster.service.stop()
+    received = cluster.nats.events()
+    ids = [event["id"] for event in received]
+    assert len(ids) == len(set(ids)), "the broker kept a duplicate"
+    for name in STREAMS:
+        written = read_objects_files(cluster.service.data_dir / "streams" / name)
+        missing = {event["id"] for event in written} - set(ids)
+        assert written and not missing, f"{name}: {len(missing)} of {len(written)} events not at the broker"
+    runs: dict[str, list[int]] = {}
+    for event_id in ids:
+        token, _, number = event_id.rpartition("-")
+        runs.setdefault(token, []).append(int(number))
+    assert all(numbers == sorted(numbers) for numbers in runs.values())
+    assert len(runs) >= len(STREAMS) + len(on_worker)  # the dead incarnations' runs are there
+    cluster.timings["events_at_the_broker"] = len(ids)
+    print(f"\ncluster timings and events: {cluster.timings}")
+
+
+def _pending(view: dict[str, Any]) -> int:
+    """Events the stream's worker spooled that no broker acknowledged yet."""
+    publishers = (view.get("delivery") or {}).get("publishers", {})
+    return sum(int(values.get("pending", 0)) for values in publishers.values())
 
 
 def _alive(cluster: Cluster) -> list[dict[str, Any]]:

@@ -465,3 +465,37 @@ def test_track_ids_never_repeat_across_reconnects_in_the_mot_file(tmp_path: Path
     for track_id, frames in frames_by_id.items():
         segment = (track_id - 1) // 2
         assert all(segment * 8 < frame <= (segment + 1) * 8 for frame in frames), (track_id, frames)
+
+
+def test_objects_end_at_the_loss_of_the_connection_not_at_the_reconnect(tmp_path: Path) -> None:
+    import json
+
+    from engine.sinks.objects import ObjectEventsSink
+    from plugins.track import ByteTrackStage
+
+    source = scripted(
+        ScriptedSource(frames=8, then="error", pts_start_ns=0),
+        ScriptedSource(frames=8, then="hang", pts_start_ns=0),
+    )
+    objects = ObjectEventsSink(tmp_path / "objects.jsonl")
+    pipeline = Pipeline([NamedStage("detect", StaticBoxes()), NamedStage("track", ByteTrackStage())])
+    seen: list[Frame] = []
+
+    def stop_after_two_segments(batch) -> None:  # noqa: ANN001
+        seen.extend(batch)
+        if batch[-1].index == 15:
+            pipeline.request_stop()
+
+    pipeline.run(Feed(source, frame_policy="all"), [objects], on_batch=stop_after_two_segments)
+    events = [json.loads(line) for line in (tmp_path / "objects.jsonl").read_text().splitlines()]
+    ends = {e["object"]["track_id"]: e for e in events if e["type"] == "end"}
+    news = [e["object"]["track_id"] for e in events if e["type"] == "new"]
+    assert sorted(news) == sorted(ends) and len(news) == len(set(news))
+    first_segment = [e for e in ends.values() if e["object"]["last_seen_pts_ns"] <= seen[7].pts_ns]
+    assert first_segment and all(e["object"]["end_reason"] == "source_lost" for e in first_segment)
+    # Ended at the loss: stamped with the last sighting, before the next segment's first event.
+    assert all(e["pts_ns"] == e["object"]["last_seen_pts_ns"] for e in first_segment)
+    reconnect_index = next(i for i, e in enumerate(events) if e["pts_ns"] >= seen[8].pts_ns)
+    assert all(events.index(e) < reconnect_index for e in first_segment)
+    later = [e["object"]["end_reason"] for e in ends.values() if e not in first_segment]
+    assert later and "source_lost" not in later  # the second segment's end at the stop
