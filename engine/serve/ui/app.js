@@ -10,6 +10,14 @@ let closers = [];
 
 // ---- helpers ---------------------------------------------------------------------------
 
+// One line per broker: state, events it acknowledged, events still waiting in the spool.
+function delivery(stats) {
+  if (!stats) return "no broker";
+  const brokers = Object.entries(stats.publishers || {});
+  if (!brokers.length) return "no broker";
+  return brokers.map(([url, p]) => `${url}: ${p.state}, ${p.published} sent, ${p.pending} waiting`).join("; ");
+}
+
 function esc(text) {
   return String(text ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
 }
@@ -148,6 +156,7 @@ function live(name) {
       ["frames", s.frames], ["dropped", s.dropped], ["reconnects", s.reconnects], ["worker restarts", s.worker_restarts],
       ["pid", s.pid ?? "–"], ["size", s.width ? `${s.width}×${s.height}` : "–"], ["calibration", s.calibration ? "own (editor)" : "pipeline's"],
       ...(s.node ? [["cluster node", `${s.node.slice(0, 12)} (${s.node_ip})`], ["moves", s.moves ?? 0]] : []),
+      ["events published", delivery(s.delivery)],
       ["last error", s.last_error || "–"]];
     document.getElementById("facts").innerHTML = facts.map(([k, v]) => `<dt>${esc(k)}</dt><dd>${esc(v)}</dd>`).join("");
   });
