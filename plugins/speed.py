@@ -22,8 +22,9 @@ The method:
   of least predicted error if within the looser ``first_speed_error_kmh``: a speed appears as
   soon as the vehicle has travelled far enough for that budget at that spot (a few frames
   near the camera, longer far away where a pixel is worth more) and is refined as it goes;
-  an accelerating vehicle gets short windows. (Figures: :mod:`plugins.speed_fit`.) Speeds
-  above ``max_speed_kmh`` are not shown.
+  an accelerating vehicle gets short windows. A vehicle's first speed, while its
+  acceleration is barely known, may instead meet the noise-only budget, uncorrected.
+  (Figures: :mod:`plugins.speed_fit`.) Speeds above ``max_speed_kmh`` are not shown.
 - Identity guard: each new position is compared with the path's motion (its fitted line,
   the fit's uncertainty, the box noise and what ``max_acceleration_ms2`` allows since); one
   farther than ``gate_sigmas`` sigmas, or whose box height changes by more than
