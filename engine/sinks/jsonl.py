@@ -15,12 +15,14 @@ final vote of a shorter track). Measured on the two traffic videos: with 2 s, 0 
 0 of 91 tracks change class (6 and 3 written as they came) and every written class is the
 track's final vote (at 0.5 s, 3 and 1 were not). The live path (labels, objects.jsonl,
 publishers) does not wait; this only delays the file by ``class_delay_s``. Lines still held
-when a source ends, or at ``close``, are written then.
+when a source ends, at ``close``, or at a forced stop (:meth:`JsonlSink.write_held`) are
+written then; a killed process loses them.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections import deque
 from pathlib import Path
 from typing import Any, TextIO
@@ -54,6 +56,8 @@ class JsonlSink:
         self._held: dict[str, deque[dict[str, Any]]] = {}
         self._latest: dict[str, dict[_Key, tuple[Any, Any]]] = {}
         self._written: dict[str, dict[_Key, tuple[Any, Any]]] = {}
+        # write() runs on the pipeline's thread; write_held() may come from a forced stop's.
+        self._lock = threading.Lock()
 
     def open(self, context: Context) -> None:
         """Create the file; raise SinkError when it cannot be written."""
@@ -70,6 +74,10 @@ class JsonlSink:
             raise SinkError(f"JSONL output {self.path} is not open (call open() before write())")
         if len(batch) == 0:
             return
+        with self._lock:
+            self._write(batch)
+
+    def _write(self, batch: Batch) -> None:
         records = [frame_to_record(frame) for frame in batch]
         if self.class_delay_s > 0:
             due: list[dict[str, Any]] = []
@@ -126,14 +134,33 @@ class JsonlSink:
         self._latest.pop(source, None)
         self._written.pop(source, None)
 
+    def write_held(self, timeout_s: float = 1.0) -> bool:
+        """Write every held line now (a forced stop: nothing more will come); False when the
+        sink is busy past ``timeout_s`` (it hangs) or closed."""
+        if not self._lock.acquire(timeout=timeout_s):
+            return False
+        try:
+            if self._file is None:
+                return False
+            for source in list(self._held):
+                self._drain(source)
+            return True
+        finally:
+            self._lock.release()
+
     def end_of_stream(self, source_id: str) -> None:
         """Write the source's held lines (track ids never repeat within a source, so its
         classes can be forgotten)."""
-        if self._file is not None:
-            self._drain(source_id)
+        with self._lock:
+            if self._file is not None:
+                self._drain(source_id)
 
     def close(self) -> None:
         """Write the lines still held and close the file; safe to call twice."""
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         if self._file is not None:
             try:
                 for source in list(self._held):

@@ -199,8 +199,11 @@ def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("fps", [25, 60])
 def test_speeds_recovered_within_the_targets(tmp_path: Path, fps: int) -> None:
     """1280x720, constant speeds 20-150 km/h, 2 px box jitter, exact calibration, one setting
-    for every frame rate: MAE <= 1.0 km/h, p95 <= 2.5 km/h, nothing 10 km/h off."""
-    uri = f"synthetic://traffic?fps={fps}&frames={40 * fps}&seed=11&vehicles=40&behaviours=0&render=0"
+    for every frame rate: MAE <= 1.0 km/h, p95 <= 2.5 km/h, nothing 10 km/h off. (Constant:
+    no car-following either, whose braking behind slower vehicles, up to 6 m/s², gave p95
+    2.6 km/h at 25 fps in this dense scene.)"""
+    scene = f"fps={fps}&frames={40 * fps}&seed=11&vehicles=40&behaviours=0&following=0&render=0"
+    uri = f"synthetic://traffic?{scene}"
     errors, totals = _speed_errors(uri, tmp_path, jitter_px=2.0, tracker=False)
     assert len(errors) > 1500
     absolute = np.abs(errors)
