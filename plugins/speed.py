@@ -11,18 +11,20 @@ The method:
   anchor's side, give no observation.
 - Per track, the in-zone positions form a *path*; all times are the frames' ``pts_ns``, so
   one setting serves 25, 30 and 60 fps and dropped frames cost nothing but points.
-- The current speed is a weighted robust line fit (:mod:`plugins.speed_fit`) over the
-  shortest recent stretch of the path, at most ``window_s`` long and at least
-  ``min_window_s``, whose predicted 95 % error is within ``speed_error_kmh`` (short, so an
-  accelerating vehicle's speed lags little), or, while none is yet, within the looser
-  ``first_speed_error_kmh``: a speed appears as soon as the vehicle has travelled far enough
-  for that budget at that spot (a few frames near the camera, longer far away where a pixel
-  is worth more) and is refined as it goes. A line gives the speed at its points' mean time,
-  behind the vehicle's current speed when it accelerates: an acceleration fitted over the
-  last ``2 * window_s`` (a quadratic), when it is beyond 5 standard errors, moves the speed to
-  the last point (at 3 sigmas, false corrections gave 13 km/h errors on constant speeds; at
-  5, braking vehicles' p95 fell from 2.8-3.0 to 2.2-2.6 km/h at 2 px jitter and constant
-  speeds did not change). Speeds above ``max_speed_kmh`` are not shown.
+- The current speed is a weighted robust line fit (:mod:`plugins.speed_fit`) over a recent
+  stretch of the path, at most ``window_s`` long and at least ``min_window_s``. A stretch's
+  predicted 95 % error is its noise (from the box noise model and the fit's residuals) plus
+  its lag's: a line gives the speed at its points' mean time, behind the speed now by the
+  acceleration times that lag; the acceleration is a quadratic's over the last
+  ``2 * window_s``, shrunk by its own uncertainty (about 0 for a constant speed); it corrects
+  the lag, and what stays uncertain of it times the lag is in the error. The stretch is
+  the shortest whose predicted error is within ``speed_error_kmh`` (responsive), else the one
+  of least predicted error if within the looser ``first_speed_error_kmh``: a speed appears as
+  soon as the vehicle has travelled far enough for that budget at that spot (a few frames
+  near the camera, longer far away where a pixel is worth more) and is refined as it goes;
+  an accelerating vehicle gets short windows. A vehicle's first speed, while its
+  acceleration is barely known, may instead meet the noise-only budget, uncorrected.
+  (Figures: :mod:`plugins.speed_fit`.) Speeds above ``max_speed_kmh`` are not shown.
 - Identity guard: each new position is compared with the path's motion (its fitted line,
   the fit's uncertainty, the box noise and what ``max_acceleration_ms2`` allows since); one
   farther than ``gate_sigmas`` sigmas, or whose box height changes by more than
@@ -138,10 +140,11 @@ class SpeedEstimator(BaseStage):
         layer: Detection layer to read and annotate (a track stage must have run on it).
         window_s: Longest recent stretch of a path the current speed is fitted on.
         min_window_s: Shortest stretch (time travelled before the first speed).
-        speed_error_kmh: 95 % half-width of the predicted error that the current speed's
-            window is sized for (the shortest recent stretch that reaches it).
+        speed_error_kmh: 95 % half-width of the predicted error (noise and lag) that the
+            current speed's window is sized for (the shortest recent stretch that reaches it).
         first_speed_error_kmh: Looser 95 % half-width accepted while no stretch reaches
-            ``speed_error_kmh`` yet: the first speeds of a vehicle, far from the camera.
+            ``speed_error_kmh``: the first speeds of a vehicle, far from the camera, and
+            strong accelerations (then the stretch of least predicted error is used).
         box_noise_px: Standard deviation of each box coordinate (pixels), the noise model;
             the fit's residuals raise it where boxes are noisier.
         anchor: Box reference point, one of :data:`engine.geometry.plane.ANCHORS`.
@@ -444,19 +447,17 @@ class SpeedEstimator(BaseStage):
         return self._current(state, path)
 
     def _current(self, state: _SourceState, path: VehiclePath) -> float:
-        fit = None
-        for budget_kmh in (self.speed_error_kmh, self.first_speed_error_kmh):
-            fit = path.current(
-                window_s=self.window_s,
-                half_width_ms=budget_kmh / 3.6,
-                min_span_s=self.min_window_s,
-                min_points=_MIN_WINDOW_POINTS,
-            )
-            if fit is not None:
-                break
+        fit = path.current(
+            window_s=self.window_s,
+            target_ms=self.speed_error_kmh / 3.6,
+            limit_ms=self.first_speed_error_kmh / 3.6,
+            min_span_s=self.min_window_s,
+            min_points=_MIN_WINDOW_POINTS,
+            acceleration_window_s=2.0 * self.window_s,
+        )
         if fit is None:
             return math.nan
-        velocity = fit.velocity_ms + path.lag_correction(fit, window_s=2.0 * self.window_s)
+        velocity = fit.velocity_ms + path.lag_correction_ms
         speed = 3.6 * math.hypot(velocity[0], velocity[1])
         if speed > self.max_speed_kmh:
             state.totals["rejected_max_speed"] += 1

@@ -30,6 +30,7 @@ from engine.metrics.publish import DeliveryCollector
 from engine.metrics.run import status_line
 from engine.pipeline import Pipeline
 from engine.publish.outputs import open_published_outputs
+from engine.sinks import JsonlSink
 from engine.sinks.outputs import Outputs, source_paths
 from engine.sources.uri import mask_credentials
 
@@ -255,6 +256,9 @@ def _stop_signals(pipeline: Pipeline, out_dir: Path, paths: dict[str, str], outp
     at once with ``summary.json`` marked ``interrupted`` (JSONL and MP4 are valid as written)."""
 
     def interrupted(signum: int) -> None:
+        for sink in outputs.sinks:  # events.jsonl holds its last lines to settle classes
+            if isinstance(sink, JsonlSink) and not sink.write_held():
+                logger.error("events.jsonl: the last held lines could not be written (the sink is busy)")
         summary = _summary(pipeline, "interrupted", paths)
         summary["signal"] = signal.Signals(signum).name
         _write_summary(out_dir / "summary.json", summary)

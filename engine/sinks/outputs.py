@@ -12,6 +12,10 @@ from engine.sinks.base import SOURCE_PLACEHOLDER, Sink
 from engine.sinks.objects import EventListener, ObjectEventsSink
 from engine.sinks.ownership import OutputDirectory, check_file_part
 
+#: How long ``events.jsonl`` lines are held so each track is written with one class: its
+#: vote after this much evidence (on the two traffic videos, the final vote of every track).
+EVENTS_CLASS_DELAY_S = 2.0
+
 
 @dataclass
 class Outputs:
@@ -42,7 +46,9 @@ def open_outputs(
 ) -> Outputs:
     """Create the output directory and the sinks for it.
 
-    Files: ``events.jsonl`` (one JSON object per frame, every source, with its ``source``),
+    Files: ``events.jsonl`` (one JSON object per frame, every source, with its ``source``;
+    written :data:`EVENTS_CLASS_DELAY_S` behind the stream so each track has one class in it,
+    see :mod:`engine.sinks.jsonl`),
     ``annotated.mp4`` (unless ``write_video`` is False), ``tracks_<layer>.txt``
     (MOTChallenge) for each tracked layer, ``vehicles.csv`` (one row per vehicle final
     speed, every source; header only when no stage issued any, see
@@ -72,7 +78,7 @@ def open_outputs(
         directory.release()
         raise
     per_source = f"_{SOURCE_PLACEHOLDER}" if len(source_ids) > 1 else ""
-    sinks: list[Sink] = [JsonlSink(out_dir / "events.jsonl")]
+    sinks: list[Sink] = [JsonlSink(out_dir / "events.jsonl", class_delay_s=EVENTS_CLASS_DELAY_S)]
     paths = {"events": str(out_dir / "events.jsonl")}
     if write_video:
         path = out_dir / f"annotated{per_source}.mp4"

@@ -13,6 +13,8 @@ Query parameters (all optional)::
     speed_min=20    km/h range of the vehicles' speeds
     speed_max=150
     behaviours=1    1: some vehicles accelerate, brake or change lane; 0: constant speeds
+    following=1     1: vehicles follow the one ahead (brake behind slower ones); 0: each
+                    keeps its own motion (entries alone keep the gaps)
     drop=0          probability that a frame is dropped (skipped: its timestamp is missing)
     render=1        0: deliver the empty road instead of rendering vehicles (fast; for
                     replayed detections)
@@ -55,6 +57,7 @@ _PARAMS: dict[str, tuple[type, float, float, Any]] = {
     "speed_min": (float, 1.0, 400.0, 20.0),
     "speed_max": (float, 1.0, 400.0, 150.0),
     "behaviours": (int, 0, 1, 1),
+    "following": (int, 0, 1, 1),
     "drop": (float, 0.0, 0.9, 0.0),
     "render": (int, 0, 1, 1),
     "bump_s": (float, -1.0, 1e6, -1.0),
@@ -109,6 +112,7 @@ def scene_from_uri(uri: str) -> TrafficScene:
         hfov_deg=values["hfov"],
         speed_range_kmh=(values["speed_min"], values["speed_max"]),
         behaviours=bool(values["behaviours"]),
+        following=bool(values["following"]),
         bump_s=values["bump_s"] if values["bump_s"] >= 0 else float("inf"),
         bump_tilt_deg=values["bump_tilt"],
         bump_pan_deg=values["bump_pan"],

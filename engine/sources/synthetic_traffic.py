@@ -18,9 +18,10 @@ Convention:
     - Camera bump: with ``bump_s`` and ``camera_after``, the camera is ``camera_after`` from
       that time on (a pole hit by wind, a PTZ preset drift): a calibration of the first view
       no longer fits, as in the field.
-    - Traffic keeps its distance (:func:`random_vehicles`): a vehicle enters only when its
-      whole path, speed and lane changes included, keeps a safe gap to every vehicle already
-      on the road, so no vehicle drives through another.
+    - Traffic keeps its distance (:func:`follow_traffic`, used by :func:`random_vehicles`):
+      each vehicle follows the one ahead in its lane (Gipps' safe speed), enters and changes
+      lane only into room, so no vehicle drives through another and braking comes from the
+      traffic too.
 """
 
 from __future__ import annotations
@@ -137,6 +138,9 @@ class Vehicle:
         lane_change: ``(start_s, duration_s, to_lane)``, times relative to ``enter_s``.
         kind: One of :data:`VEHICLE_KINDS`.
         color: BGR body colour.
+        trajectory: ``(times_s, distances_m, speeds_ms)`` sampled by the car-following
+            simulation (:func:`follow_traffic`), speeds linear between samples; replaces the
+            free motion above (the lane change still applies). None: the free motion.
     """
 
     vehicle_id: int
@@ -150,6 +154,9 @@ class Vehicle:
     lane_change: tuple[float, float, float] | None = None
     kind: str = "car"
     color: tuple[int, int, int] = (40, 40, 200)
+    trajectory: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(
+        default=None, compare=False, repr=False
+    )
 
     @property
     def size_m(self) -> tuple[float, float, float]:
@@ -157,18 +164,33 @@ class Vehicle:
         length, width, height, _ = VEHICLE_KINDS[self.kind]
         return length, width, height
 
-    def state(self, t_s: float, road: RoadLayout) -> tuple[float, float, float, float]:
-        """Return ``(x_m, y_m, vx_ms, vy_ms)`` of the footprint centre at time ``t_s``."""
-        tau = t_s - self.enter_s
+    def free_motion(self, tau_s: float) -> tuple[float, float]:
+        """``(distance_m, speed_ms)`` ``tau_s`` after entry, driving as the vehicle wishes."""
+        tau = tau_s
         v0 = self.speed_kmh / 3.6
         target = v0 if self.target_speed_kmh is None else self.target_speed_kmh / 3.6
         a = math.copysign(abs(self.acceleration_ms2), target - v0) if target != v0 else 0.0
         t_ramp = abs(target - v0) / abs(a) if a else 0.0
         if tau <= t_ramp:
-            distance, speed = v0 * tau + 0.5 * a * tau * tau, v0 + a * tau
-        else:
-            distance = v0 * t_ramp + 0.5 * a * t_ramp * t_ramp + target * (tau - t_ramp)
-            speed = target
+            return v0 * tau + 0.5 * a * tau * tau, v0 + a * tau
+        return v0 * t_ramp + 0.5 * a * t_ramp * t_ramp + target * (tau - t_ramp), target
+
+    def _followed(self, t_s: float) -> tuple[float, float]:
+        times, distances, speeds = self.trajectory  # type: ignore[misc]
+        if t_s <= times[0]:
+            return float(speeds[0] * (t_s - times[0])), float(speeds[0])
+        if t_s >= times[-1]:
+            return float(distances[-1] + speeds[-1] * (t_s - times[-1])), float(speeds[-1])
+        k = max(int(np.searchsorted(times, t_s, side="right")) - 1, 0)
+        step = times[k + 1] - times[k]
+        tau = t_s - times[k]
+        slope = (speeds[k + 1] - speeds[k]) / step
+        return float(distances[k] + speeds[k] * tau + 0.5 * slope * tau * tau), float(speeds[k] + slope * tau)
+
+    def state(self, t_s: float, road: RoadLayout) -> tuple[float, float, float, float]:
+        """Return ``(x_m, y_m, vx_ms, vy_ms)`` of the footprint centre at time ``t_s``."""
+        tau = t_s - self.enter_s
+        distance, speed = self.free_motion(tau) if self.trajectory is None else self._followed(t_s)
         x = road.lane_center_m(self.lane)
         vx = 0.0
         if self.lane_change is not None:
@@ -506,18 +528,179 @@ class TrafficScene:
         )
 
 
-#: Time step (s) on which entries are placed and paths are checked for conflicts.
-_STEP_S = 0.1
-#: Free road kept between two vehicles in the same lane (m), and beside them (m).
-_GAP_M = 4.0
+#: Car-following (:func:`follow_traffic`): simulation step (s), reaction time (s, Gipps' 2/3 s), standstill
+#: gap (m), the braking a follower plans with and the acceleration it recovers with (m/s²).
+_STEP_S = 0.05
+_HEADWAY_S = 0.67
+_GAP_M = 2.0
+_BRAKE_MS2 = 6.0
+_RECOVER_MS2 = 1.5
+#: Free road kept beside a vehicle (m).
 _SIDE_GAP_M = 0.3
+#: Entries (:func:`random_vehicles`): time grid (s) and free road kept on the planned paths (m).
+_ENTRY_STEP_S = 0.1
+_ENTRY_GAP_M = 4.0
+
+
+def _lateral(vehicle: Vehicle, road: RoadLayout, tau_s: float) -> float:
+    x = road.lane_center_m(vehicle.lane)
+    if vehicle.lane_change is None:
+        return x
+    start, duration, to_lane = vehicle.lane_change
+    u = min(max((tau_s - start) / duration, 0.0), 1.0)
+    return x + (road.lane_center_m(to_lane) - x) * (1.0 - math.cos(math.pi * u)) / 2.0
+
+
+def _lateral_span(
+    vehicle: Vehicle, change: tuple[float, float, float] | None, road: RoadLayout, tau_s: float
+) -> tuple[float, float]:
+    """Lowest and highest x of the footprint centre now and until its lane change ends."""
+    x = _lateral(replace(vehicle, lane_change=change), road, tau_s)
+    if change is None or not change[0] <= tau_s < change[0] + change[1]:
+        return x, x
+    goal = road.lane_center_m(change[2])
+    return min(x, goal), max(x, goal)
+
+
+def _safe_speed(gap_m: float, leader_ms: float) -> float:
+    """Gipps' safe speed behind a leader ``gap_m`` ahead (see :func:`follow_traffic`)."""
+    room = _BRAKE_MS2**2 * _HEADWAY_S**2 + leader_ms**2 + 2.0 * _BRAKE_MS2 * (gap_m - _GAP_M)
+    return -_BRAKE_MS2 * _HEADWAY_S + math.sqrt(max(room, 0.0))
+
+
+def follow_traffic(vehicles: Sequence[Vehicle], road: RoadLayout, *, travel_m: float) -> list[Vehicle]:
+    """Drive the vehicles together, each following the one ahead of it in its lane.
+
+    Each vehicle wants its free motion (:meth:`Vehicle.free_motion`: its speed, acceleration
+    or braking); behind a slower one it keeps Gipps' safe speed,
+    ``-b τ + sqrt(b² τ² + v_leader² + 2 b (gap - s0))`` (``τ`` = ``_HEADWAY_S``, ``b`` =
+    ``_BRAKE_MS2``, ``s0`` = ``_GAP_M``; the speed from which it could stop behind a leader
+    braking as hard), and never more than closes the gap to half of ``s0`` in one step. Once
+    free again it regains its wished speed at ``_RECOVER_MS2``. A vehicle enters at its
+    ``enter_s`` (beyond the view: it comes from upstream traffic) at the lower of its wished
+    and its safe speed, or waits while its entry spot is taken; a lane change starts only
+    when the target lane has ``s0`` and half a headway of room beside it, else it is called
+    off. So no vehicle drives through another, and braking comes from the traffic too.
+    Steps of ``_STEP_S`` until each vehicle has driven ``travel_m``.
+
+    Returns:
+        The vehicles, in the given order, with ``enter_s`` when they really entered, their
+        ``trajectory`` and (where called off) no ``lane_change``.
+    """
+    n = len(vehicles)
+    if n == 0:
+        return []
+    wanted = np.array([v.enter_s for v in vehicles])
+    length = np.array([v.size_m[0] for v in vehicles])
+    width = np.array([v.size_m[1] for v in vehicles])
+    heading = np.array([v.direction for v in vehicles], dtype=np.float64)
+    start_y = np.array([v.start_y_m for v in vehicles])
+    changes: list[tuple[float, float, float] | None] = [v.lane_change for v in vehicles]
+    entered = np.full(n, np.nan)
+    distance = np.zeros(n)
+    speed = np.zeros(n)
+    done = np.zeros(n, dtype=bool)
+    samples: list[list[tuple[float, float, float]]] = [[] for _ in range(n)]
+    order = np.argsort(wanted, kind="stable")
+    t = float(wanted.min())
+    for _ in range(int(600.0 / _STEP_S)):
+        active = np.isfinite(entered)  # done ones still drive: they lead those behind
+        for i in order.tolist():  # entries, in order of their wish
+            if np.isfinite(entered[i]) or wanted[i] > t + 1e-9:
+                continue
+            _, free = vehicles[i].free_motion(0.0)
+            x_i = _lateral(vehicles[i], road, 0.0)
+            clear = True
+            entry_speed = free
+            for j in np.flatnonzero(active).tolist():
+                x_j = _lateral(replace(vehicles[j], lane_change=changes[j]), road, t - entered[j])
+                if abs(x_i - x_j) < (width[i] + width[j]) / 2 + _SIDE_GAP_M:
+                    gap = (
+                        abs(start_y[j] + heading[j] * distance[j] - start_y[i]) - (length[i] + length[j]) / 2
+                    )
+                    if gap < _GAP_M:
+                        clear = False
+                        break
+                    if heading[j] * (start_y[j] + heading[j] * distance[j] - start_y[i]) > 0:  # j is ahead
+                        entry_speed = min(entry_speed, _safe_speed(gap, speed[j]))
+            if clear:
+                entered[i], speed[i] = t, entry_speed
+                samples[i].append((t, 0.0, entry_speed))
+                active[i] = True
+        index = np.flatnonzero(active)
+        if len(index) == 0 and np.isfinite(entered).all():
+            break
+        tau = t - entered[index]
+        for k, i in enumerate(index.tolist()):  # lane changes start only into free room
+            change = changes[i]
+            if change is not None and change[0] <= tau[k] < change[0] + _STEP_S:
+                x_to = road.lane_center_m(change[2])
+                for j in index.tolist():
+                    x_j = _lateral(replace(vehicles[j], lane_change=changes[j]), road, t - entered[j])
+                    if j != i and abs(x_to - x_j) < (width[i] + width[j]) / 2 + _SIDE_GAP_M:
+                        gap = abs(
+                            distance[j] * heading[j] + start_y[j] - distance[i] * heading[i] - start_y[i]
+                        )
+                        if gap - (length[i] + length[j]) / 2 < _GAP_M + _HEADWAY_S * speed[i] / 2:
+                            changes[i] = None
+                            break
+        # A vehicle changing lane takes room in both lanes from the start of the change.
+        spans = np.array(
+            [_lateral_span(vehicles[i], changes[i], road, t - entered[i]) for i in index.tolist()]
+        )
+        low = spans[:, 0] - width[index] / 2 - _SIDE_GAP_M / 2
+        high = spans[:, 1] + width[index] / 2 + _SIDE_GAP_M / 2
+        y = start_y[index] + heading[index] * distance[index]
+        ahead = heading[index][:, None] * (y[None, :] - y[:, None])  # [i, j] > 0: j ahead of i
+        gap = ahead - (length[index][:, None] + length[index][None, :]) / 2
+        beside = (low[:, None] < high[None, :]) & (low[None, :] < high[:, None])
+        leading = beside & (ahead > 0) & (heading[index][:, None] == heading[index][None, :])
+        gap = np.where(leading, gap, np.inf)
+        leader = np.argmin(gap, axis=1)
+        new_speed = np.empty(len(index))
+        for k, i in enumerate(index.tolist()):
+            now_free = vehicles[i].free_motion(tau[k])[1]
+            wish = vehicles[i].free_motion(tau[k] + _STEP_S)[1]
+            if speed[i] < now_free - 1e-6:  # slowed down by traffic: recover gently
+                wish = min(wish, speed[i] + _RECOVER_MS2 * _STEP_S)
+            g = gap[k, leader[k]]
+            if np.isfinite(g):
+                v_lead = speed[index[leader[k]]]
+                wish = min(wish, _safe_speed(g, v_lead), v_lead + (g - _GAP_M / 2) / _STEP_S)
+            new_speed[k] = max(wish, 0.0)
+        distance[index] += (speed[index] + new_speed) / 2 * _STEP_S
+        speed[index] = new_speed
+        t += _STEP_S
+        for i in index.tolist():
+            samples[i].append((t, float(distance[i]), float(speed[i])))
+        done |= np.isfinite(entered) & (distance >= travel_m)
+        if done.all():
+            break
+    followed = []
+    for i, vehicle in enumerate(vehicles):
+        rows = samples[i]
+        if not rows:  # it found no room within the simulated time: it never comes into view
+            rows = [(float(wanted[i]) + 600.0, 0.0, vehicle.free_motion(0.0)[1])]
+        if len(rows) == 1:
+            t0, d0, v0 = rows[0]
+            rows = [rows[0], (t0 + _STEP_S, d0 + v0 * _STEP_S, v0)]
+        table = np.array(rows, dtype=np.float64)
+        followed.append(
+            replace(
+                vehicle,
+                enter_s=float(table[0, 0]),
+                lane_change=changes[i],
+                trajectory=(table[:, 0].copy(), table[:, 1].copy(), table[:, 2].copy()),
+            )
+        )
+    return followed
 
 
 def _path(vehicle: Vehicle, road: RoadLayout, travel_m: float) -> np.ndarray:
-    """``(m, 2)`` footprint centres every ``_STEP_S`` from entry until ``travel_m`` is covered."""
+    """``(m, 2)`` footprint centres every ``_ENTRY_STEP_S`` from entry until ``travel_m`` is covered."""
     points = []
-    for k in range(int(600 / _STEP_S)):
-        x, y, _, _ = vehicle.state(vehicle.enter_s + k * _STEP_S, road)
+    for k in range(int(600 / _ENTRY_STEP_S)):
+        x, y, _, _ = vehicle.state(vehicle.enter_s + k * _ENTRY_STEP_S, road)
         points.append((x, y))
         if abs(y - vehicle.start_y_m) >= travel_m:
             break
@@ -539,7 +722,7 @@ def _conflicts(
         theirs = other_path[first - other_start : last - other_start]
         other_length, other_width, _ = other.size_m
         beside = np.abs(mine[:, 0] - theirs[:, 0]) < (width + other_width) / 2 + _SIDE_GAP_M
-        behind = np.abs(mine[:, 1] - theirs[:, 1]) < (length + other_length) / 2 + _GAP_M
+        behind = np.abs(mine[:, 1] - theirs[:, 1]) < (length + other_length) / 2 + _ENTRY_GAP_M
         if (beside & behind).any():
             return True
     return False
@@ -556,16 +739,17 @@ def random_vehicles(
     travel_m: float,
     speed_range_kmh: tuple[float, float] = (20.0, 150.0),
     behaviours: bool = True,
+    following: bool = True,
 ) -> list[Vehicle]:
     """Draw ``count`` approaching vehicles entering between ``start_s`` and ``end_s``.
 
     With ``behaviours``, about a quarter accelerate or brake (1–3 m/s²) toward another speed
-    and about a sixth change lane; the rest keep a constant speed. Car-following by gap
-    acceptance: a vehicle enters (on a ``_STEP_S`` grid) only when its whole path over
-    ``travel_m``, speed and lane changes included, stays at least ``_GAP_M`` behind or
-    ahead of every vehicle already placed beside it; otherwise it waits at the entry, as a
-    driver waits for a gap. So no vehicle drives through another (it may enter after
-    ``end_s`` in dense traffic).
+    and about a sixth change lane; the rest keep a constant speed. A vehicle enters (on a
+    ``_ENTRY_STEP_S`` grid) when its planned path keeps ``_ENTRY_GAP_M`` to every vehicle
+    already placed beside it (a driver waiting for a gap; it may enter after ``end_s`` in
+    dense traffic), and then, with ``following``, they drive together
+    (:func:`follow_traffic`): each follows the one ahead in its lane (braking behind a
+    slower one) and changes lane only into room. Either way no vehicle drives through another.
     """
     kinds = list(VEHICLE_KINDS)
     shares = np.array([VEHICLE_KINDS[k][3] for k in kinds])
@@ -598,13 +782,13 @@ def random_vehicles(
             color=_COLORS[int(rng.integers(len(_COLORS)))],
         )
         path = _path(vehicle, road, travel_m)  # relative to the entry: the same whenever it enters
-        step = math.ceil(wanted / _STEP_S)
+        step = math.ceil(wanted / _ENTRY_STEP_S)
         while _conflicts((step, path, vehicle), placed):
             step += 1
-        vehicle = replace(vehicle, enter_s=step * _STEP_S)
+        vehicle = replace(vehicle, enter_s=step * _ENTRY_STEP_S)
         placed.append((step, path, vehicle))
         vehicles.append(vehicle)
-    return vehicles
+    return follow_traffic(vehicles, road, travel_m=travel_m) if following else vehicles
 
 
 def highway_scene(
@@ -622,6 +806,7 @@ def highway_scene(
     hfov_deg: float = 20.0,
     speed_range_kmh: tuple[float, float] = (20.0, 150.0),
     behaviours: bool = True,
+    following: bool = True,
 ) -> TrafficScene:
     """Return a view like the highway overpass video, with random approaching traffic.
 
@@ -666,5 +851,6 @@ def highway_scene(
         travel_m=start_y - near + 10.0,
         speed_range_kmh=speed_range_kmh,
         behaviours=behaviours,
+        following=following,
     )
     return scene

@@ -69,7 +69,11 @@ def test_highway_video_end_to_end(tmp_path: Path, highway_video: Path, yolo_mode
     assert summary["status"] == "completed" and summary["frames"] == input_frames
     assert {"detect", "track", "annotate"} <= set(summary["stage_latency_ms"])
     assert summary["stage_latency_ms"]["detect"]["p99_ms"] >= summary["stage_latency_ms"]["detect"]["p50_ms"]
-    assert summary["detections_per_class"]["objects"]["car"] == len(cars)
+    # The summary counts classes as the live vote gave them on each frame; events.jsonl gives
+    # each track one class (its vote after 2 s): the same detections, a few renamed.
+    written = [obj for event in events for obj in event["layers"].get("objects", [])]
+    assert sum(summary["detections_per_class"]["objects"].values()) == len(written)
+    assert summary["detections_per_class"]["objects"]["car"] == pytest.approx(len(cars), rel=0.05)
     # MOTChallenge rows: frame,id,x,y,w,h,conf,-1,-1,-1 with frames from 1
     rows = [line.split(",") for line in (out / "tracks_objects.txt").read_text().splitlines()]
     assert rows and all(len(row) == 10 for row in rows)

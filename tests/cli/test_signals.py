@@ -187,7 +187,9 @@ def test_sighup_stops_like_sigterm(tmp_path: Path) -> None:
     "with `summary.json` marked `interrupted`, complete JSONL lines and a playable MP4",
 )
 def test_a_stop_held_up_by_a_hanging_stage_is_forced_after_the_deadline(tmp_path: Path) -> None:
-    hang = "  - stage: tests.helpers_faults:HangingStage\n    on_frame: 30\n"
+    # events.jsonl is written 2 s of stream time behind (one class per track): at 30 fps,
+    # frame 90 is reached with 30 lines written and 60 held, which the forced stop writes.
+    hang = "  - stage: tests.helpers_faults:HangingStage\n    on_frame: 90\n"
     out = tmp_path / "out"
     process = start(
         out,
@@ -207,7 +209,7 @@ def test_a_stop_held_up_by_a_hanging_stage_is_forced_after_the_deadline(tmp_path
     assert "did not complete within 10.5 s" in stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["signal"] == "SIGTERM"
-    assert len(complete_records(out / "events.jsonl")) == 30
+    assert len(complete_records(out / "events.jsonl")) == 90
     import av
 
     with av.open(str(out / "annotated.mp4")) as container:  # valid, fragmented

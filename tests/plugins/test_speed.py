@@ -15,6 +15,7 @@ from engine.errors import CalibrationError, ConfigError, StageError
 from engine.frame import Batch, Frame
 from engine.stage import Context
 from plugins.speed import SpeedEstimator
+from plugins.speed_fit import choose_window
 from tests.plugins.helpers_speed import (
     HEIGHT,
     context,
@@ -208,6 +209,39 @@ def test_final_speed_of_an_accelerating_vehicle_is_its_mean_speed(tmp_path: Path
     duration = 39 / FPS
     assert final["speed_kmh"] == pytest.approx((8.0 + 3.0 * duration) * 3.6, abs=0.05)  # v at mid-time
     assert final["max_speed_kmh"] > final["speed_kmh"]
+
+
+@pytest.mark.parametrize("fps", [25.0, 30.0, 60.0])
+def test_a_braking_vehicle_is_followed_without_lag(tmp_path: Path, fps: float) -> None:
+    """Hard braking (6 m/s², 1 px box noise): speeds are shown through it and track the
+    speed of that frame, not the speed of the window's mean time, 0.1-0.3 s earlier
+    (a line alone would be 2-6 km/h too fast)."""
+    rng = np.random.default_rng(5)
+    frames, truth = [], {}
+    for i in range(int(1.0 * fps)):
+        t = i / fps
+        frame = tracked_frame(i, round(t * 1e9), [4], np.array([[5.0, 1.0 + 18.0 * t - 3.0 * t * t]]))
+        frame.layers["objects"].xyxy += rng.normal(0.0, 1.0, size=(1, 4)).astype(np.float32)
+        frames.append(frame)
+        truth[i] = (18.0 - 6.0 * t) * 3.6
+    shown = [(i, s) for i, s in _speeds(_run(_stage(tmp_path, box_noise_px=1.0), frames), 4) if s == s]
+    errors = np.array([s - truth[i] for i, s in shown])
+    assert len(shown) >= 0.6 * len(frames)
+    assert abs(errors.mean()) < 1.0 and np.abs(errors).max() < 4.0
+
+
+def test_the_window_counts_the_lag_of_an_accelerating_vehicle() -> None:
+    """choose_window: the shortest stretch within the target; when none is, the one of least
+    predicted error: the whole path for a constant speed, a shorter one (less lag) for an
+    uncertain acceleration, none when the lag alone exceeds the limit."""
+    t = np.arange(60) / 30.0
+    var = np.full(60, 0.05**2)
+    kwargs = {"scale": 1.0, "min_span_s": 0.2, "min_points": 8}
+    assert choose_window(t, var, acceleration_ms2=0.0, target_ms=0.3, limit_ms=0.7, **kwargs) == 49
+    assert choose_window(t, var, acceleration_ms2=0.0, target_ms=0.01, limit_ms=0.7, **kwargs) == 0
+    braking = choose_window(t, var, acceleration_ms2=1.0, target_ms=0.01, limit_ms=0.7, **kwargs)
+    assert braking is not None and 20 < braking < 52  # at least min_points, less than the path
+    assert choose_window(t, var, acceleration_ms2=10.0, target_ms=0.3, limit_ms=0.7, **kwargs) is None
 
 
 def test_final_speed_when_the_track_is_lost(tmp_path: Path) -> None:

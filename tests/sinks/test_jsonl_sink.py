@@ -116,3 +116,53 @@ def test_write_before_open_and_unwritable_paths_raise_sink_error(tmp_path: Path)
     blocker.write_text("")
     with pytest.raises(SinkError, match="cannot create"):
         JsonlSink(blocker / "out.jsonl").open(Context())
+
+
+def _voted(index: int, classes: dict[int, str], source_id: str = "cam") -> Frame:
+    """A frame (25 fps) whose tracks carry the given classes (their vote at that frame)."""
+    ids = sorted(classes)
+    detections = sv.Detections(
+        xyxy=np.tile(np.array([[1.0, 2.0, 30.0, 40.0]]), (len(ids), 1)),
+        class_id=np.array([7 if classes[i] == "truck" else 2 for i in ids]),
+        tracker_id=np.array(ids),
+        data={"class_name": np.array([classes[i] for i in ids])},
+    )
+    return _frame(index, source_id, objects=detections)
+
+
+def test_a_track_has_one_class_in_the_file_its_vote_after_the_delay(tmp_path: Path) -> None:
+    """With class_delay_s, lines wait that long: a vote that turns from truck to car within
+    it is written as car on every line; a later turn does not change the written class; a
+    track shorter than the delay gets its last vote; lines held at the end are written."""
+    path = tmp_path / "events.jsonl"
+    sink = JsonlSink(path, class_delay_s=1.0)
+    sink.open(Context())
+    for index in range(100):  # 4 s at 25 fps
+        classes = {1: "truck" if index < 12 else "car" if index < 60 else "truck"}
+        if 30 <= index < 40:
+            classes[2] = "car" if index < 38 else "truck"
+        sink.write(Batch.of([_voted(index, classes)]))
+        if index == 10:
+            assert sink.frames_written == 0  # still held: 0.4 s of 1 s
+    assert sink.frames_written == 100 - 25
+    sink.close()
+    lines = _strict_lines(path)
+    assert [line["frame"] for line in lines] == list(range(100))
+    written = {}
+    for line in lines:
+        for detection in line["layers"]["objects"]:
+            written.setdefault(detection["track_id"], set()).add(
+                (detection["class_id"], detection["class_name"])
+            )
+    assert written == {1: {(2, "car")}, 2: {(7, "truck")}}
+
+
+def test_without_a_delay_lines_go_out_at_once_with_their_classes(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    sink = JsonlSink(path)
+    sink.open(Context())
+    sink.write(Batch.of([_voted(0, {1: "truck"}), _voted(1, {1: "car"})]))
+    assert sink.frames_written == 2
+    sink.end_of_stream("cam")
+    sink.close()
+    assert [line["layers"]["objects"][0]["class_name"] for line in _strict_lines(path)] == ["truck", "car"]

@@ -14,7 +14,14 @@ import pytest
 from engine.errors import SourceError
 from engine.frame import Batch
 from engine.sources.synthetic import SyntheticTrafficSource, kept_frames, scene_from_uri
-from engine.sources.synthetic_traffic import CameraModel, RoadLayout, TrafficScene, Vehicle, highway_scene
+from engine.sources.synthetic_traffic import (
+    CameraModel,
+    RoadLayout,
+    TrafficScene,
+    Vehicle,
+    follow_traffic,
+    highway_scene,
+)
 from engine.stage import Context
 from plugins.replay import ReplayDetector
 from plugins.speed import SpeedEstimator
@@ -192,8 +199,11 @@ def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("fps", [25, 60])
 def test_speeds_recovered_within_the_targets(tmp_path: Path, fps: int) -> None:
     """1280x720, constant speeds 20-150 km/h, 2 px box jitter, exact calibration, one setting
-    for every frame rate: MAE <= 1.0 km/h, p95 <= 2.5 km/h, nothing 10 km/h off."""
-    uri = f"synthetic://traffic?fps={fps}&frames={40 * fps}&seed=11&vehicles=40&behaviours=0&render=0"
+    for every frame rate: MAE <= 1.0 km/h, p95 <= 2.5 km/h, nothing 10 km/h off. (Constant:
+    no car-following either, whose braking behind slower vehicles, up to 6 m/s², gave p95
+    2.6 km/h at 25 fps in this dense scene.)"""
+    scene = f"fps={fps}&frames={40 * fps}&seed=11&vehicles=40&behaviours=0&following=0&render=0"
+    uri = f"synthetic://traffic?{scene}"
     errors, totals = _speed_errors(uri, tmp_path, jitter_px=2.0, tracker=False)
     assert len(errors) > 1500
     absolute = np.abs(errors)
@@ -279,8 +289,11 @@ def _alarm_events(uri: str, tmp_path: Path) -> tuple[list[float], list[float]]:
 def test_a_camera_bump_is_flagged_and_steady_scenes_are_not(tmp_path: Path, seed: int) -> None:
     """A 1° tilt at 45 s (speeds then 10-45 % off, by distance) raises calibration_suspect
     within 25 vehicles of the bump (14-21 measured over seeds 1, 3, 5); the same traffic
-    without the bump raises nothing."""
-    uri = f"synthetic://traffic?fps=15&frames=1350&seed={seed}&vehicles=90&render=0"
+    without the bump raises nothing. Free-flowing traffic: with car-following, vehicles
+    braking behind slower ones inside the view move the far/near speed ratio as a camera
+    tilt does, and seeds 1 and 3 of this dense, 20-150 km/h mix raised one false alarm
+    each (a known limit of the profile statistic)."""
+    uri = f"synthetic://traffic?fps=15&frames=1350&seed={seed}&vehicles=90&render=0&following=0"
     finals, alarms = _alarm_events(uri, tmp_path)
     assert len(finals) > 70 and alarms == []
     finals, alarms = _alarm_events(uri + "&bump_s=45&bump_tilt=1", tmp_path)
@@ -320,3 +333,34 @@ def test_a_run_writes_every_vehicle_once_even_those_in_view_at_the_end(tmp_path:
     assert len(in_events) < len(rows)  # the rest were decided at the end: only the table has them
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert len(summary["stages"]["speed"]["sources"]["synthetic"]["vehicles"]) == len(rows)
+
+
+def test_a_fast_vehicle_follows_a_slow_one_instead_of_driving_through_it() -> None:
+    """Car-following: a 120 km/h car entering 6 s behind a 40 km/h truck in the same lane
+    catches up, brakes smoothly to the truck's speed and keeps a gap (Gipps' safe speed);
+    a third vehicle's lane change into the truck's flank is called off."""
+    road = RoadLayout(lanes=2)
+    truck = Vehicle(vehicle_id=1, lane=0, enter_s=0.0, speed_kmh=40.0, start_y_m=200.0, kind="truck")
+    car = Vehicle(vehicle_id=2, lane=0, enter_s=6.0, speed_kmh=120.0, start_y_m=300.0)
+    beside = Vehicle(
+        vehicle_id=3, lane=1, enter_s=0.0, speed_kmh=40.0, start_y_m=200.0, lane_change=(0.5, 2.0, 0.0)
+    )
+    followed = follow_traffic([truck, car, beside], road, travel_m=600.0)
+    assert followed[2].lane_change is None  # no room beside the truck
+    truck, car = followed[0], followed[1]
+    gaps, speeds = [], []
+    assert car.enter_s == pytest.approx(6.0)
+    for t in np.arange(6.0, 40.0, 0.05):
+        (_, y_truck, _, _), (_, y_car, _, v_car) = truck.state(t, road), car.state(t, road)
+        gaps.append(y_car - y_truck - (truck.size_m[0] + car.size_m[0]) / 2)  # both drive to -y
+        speeds.append(abs(v_car) * 3.6)
+    assert min(gaps) > 1.0  # never through, never touching
+    assert speeds[0] == pytest.approx(120.0, abs=0.5) and speeds[-1] == pytest.approx(40.0, abs=1.0)
+    assert min(speeds) > 39.0  # no overshoot below the leader's speed
+    decel = -np.diff(speeds) / 3.6 / 0.05
+    assert decel.max() < 9.0  # it braked, it did not stop dead
+    # The positions and the speeds of a followed vehicle agree (the truth speed is exact).
+    times = np.arange(6.0, 14.0, 1 / 30)
+    y = np.array([car.state(t, road)[1] for t in times])
+    v = np.array([car.state(t, road)[3] for t in times])
+    np.testing.assert_allclose(np.diff(y) * 30, (v[1:] + v[:-1]) / 2, atol=0.05)
