@@ -14,7 +14,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engine.cli.bench.pipeline import BenchOptions, cameras_per_machine, keeps_up, parse_streams, warmup_mask
+from engine.cli.bench.pipeline import (
+    BenchOptions,
+    cameras_per_machine,
+    keeps_up,
+    parse_streams,
+    replays_live,
+    warmup_mask,
+)
 from engine.cli.main import main
 from engine.errors import ConfigError
 from engine.frame import Batch, Frame, SourceInfo
@@ -150,6 +157,23 @@ def test_keeps_up_needs_the_source_rate_within_tolerance_and_a_bounded_age(
 ) -> None:
     options = BenchOptions(pipeline="p", source="s", out_dir=Path("."), fps_tolerance=0.05, max_age_ms=200.0)
     assert keeps_up(_run(2, fps, age_ms), options) is expected
+
+
+@pytest.mark.parametrize(
+    ("streams", "fps", "live", "kind", "expected"),
+    [
+        ((10,), 15.0, False, "file", True),  # a pace is only a live replay's: `--streams 10 --fps 15`
+        ((10,), None, False, "file", False),  # one count, no pace: the file as fast as it goes
+        ((1, 2), None, False, "file", True),  # a sweep
+        ((1,), None, True, "file", True),
+        ((4,), 15.0, False, "test", False),  # not a file: nothing to replay
+    ],
+)
+def test_a_file_with_a_pace_or_a_sweep_is_replayed_live(
+    streams: tuple[int, ...], fps: float | None, live: bool, kind: str, expected: bool
+) -> None:
+    options = BenchOptions(pipeline="p", source="s", out_dir=Path("."), streams=streams, fps=fps, live=live)
+    assert replays_live(options, kind) is expected
 
 
 def test_cameras_per_machine_is_the_largest_count_with_every_smaller_one_passing() -> None:
