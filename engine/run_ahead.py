@@ -76,17 +76,17 @@ def run_stages(
 
     Touches nothing but ``run`` and the stages, so it may run on any thread; the caller
     records the timings and handles the error. With a ``watchdog``, a call that does not
-    return in time fails with :class:`~engine.errors.StageTimeoutError`.
+    return in time fails with :class:`~engine.errors.StageTimeoutError`; every stage of the
+    batch then runs in one hand-over to a watchdog thread (:meth:`StageWatchdog.run_stages`).
     """
+    if watchdog is not None:
+        return watchdog.run_stages(run, stages)
     for named in stages:
         if run.error is not None or not run.batch.frames:  # failed, or every frame dropped
             break
         started_ns = time.monotonic_ns()
         try:
-            if watchdog is None:
-                run.batch = call_stage(named, run.batch, run.drops)
-            else:
-                run.batch = watchdog.call(named, run.batch, run.drops)
+            run.batch = call_stage(named, run.batch, run.drops)
         except Exception as error:
             run.failed_stage, run.error = named.name, error
         run.timings.append(StageTiming(named.name, started_ns, time.monotonic_ns(), len(run.batch)))
@@ -153,15 +153,95 @@ class StageWatchdog:
             entry = self._hung.get(stage_name)
         return entry is not None and not entry[0].is_set()
 
-    def call(self, named: NamedStage, batch: Batch, drops: list[tuple[str, str]]) -> Batch:
-        """:func:`call_stage` under the time limit (same arguments, result and errors)."""
+    def run_stages(self, run: StageRun, stages: Sequence[NamedStage]) -> StageRun:
+        """:func:`run_stages` under the limit, every stage in ONE hand-over to a worker thread.
+
+        One hand-over per batch rather than one per stage: each costs two GIL hand-offs, and
+        with many live cameras (the watchdog's case) the other threads hold the GIL, so each
+        took milliseconds (``traffic``, 10 cameras: track p50 3.2 ms against 1.0 without).
+        Each stage call still gets ``timeout_s``: the worker says which stage it is in and
+        since when, and the caller waits for that stage's deadline. On a timeout ``run``
+        records a :class:`~engine.errors.StageTimeoutError` for the stage that hung, the
+        worker is left to it and its later results are discarded.
+        """
+        if not stages or run.error is not None or not run.batch.frames:
+            return run
+        progress = threading.Condition()
+        state: dict[str, Any] = {"stage": None, "since": 0.0, "done": False, "abandoned": False}
+
+        def target() -> None:
+            mine = StageRun(run.batch)
+            try:
+                for named in stages:
+                    if mine.error is not None or not mine.batch.frames:
+                        break
+                    with progress:
+                        state["stage"], state["since"] = named.name, time.monotonic()
+                    started_ns = time.monotonic_ns()
+                    try:
+                        self._check_not_hung(named.name)
+                        mine.batch = call_stage(named, mine.batch, mine.drops)
+                    except Exception as error:
+                        mine.failed_stage, mine.error = named.name, error
+                    timing = StageTiming(named.name, started_ns, time.monotonic_ns(), len(mine.batch))
+                    with progress:
+                        if state["abandoned"]:
+                            return  # the caller gave up on this batch: nothing more is published
+                        run.batch, run.failed_stage, run.error = mine.batch, mine.failed_stage, mine.error
+                        run.drops.extend(mine.drops)
+                        mine.drops.clear()
+                        run.timings.append(timing)
+                        run.stages_done += 1
+            finally:
+                with progress:
+                    state["done"] = True
+                    progress.notify_all()
+
         with self._lock:
-            entry = self._hung.get(named.name)
+            worker = self._idle.pop() if self._idle else _Worker()
+        worker.tasks.put(target)
+        with progress:
+            while not state["done"]:
+                deadline = state["since"] + self.timeout_s if state["stage"] is not None else None
+                wait_s = _POLL_S if deadline is None else deadline - time.monotonic()
+                if wait_s <= 0:
+                    break
+                progress.wait(wait_s)
+            if state["done"]:
+                with self._lock:
+                    self._idle.append(worker)  # reused: no thread start per batch
+                return run
+            state["abandoned"] = True
+            stage_name, since = state["stage"], state["since"]
+        worker.tasks.put(None)  # retire it once the hung call returns
+        with self._lock:
+            self._hung[stage_name] = (_returned(progress, state), since)
+        logger.error(
+            "stage '%s' did not return within %g s; it is skipped until that call returns",
+            stage_name,
+            self.timeout_s,
+        )
+        now_ns = time.monotonic_ns()
+        run.failed_stage = stage_name
+        run.error = StageTimeoutError(f"stage '{stage_name}' did not return within {self.timeout_s:g} s")
+        run.timings.append(
+            StageTiming(stage_name, now_ns - int(self.timeout_s * 1e9), now_ns, len(run.batch))
+        )
+        run.stages_done += 1
+        return run
+
+    def _check_not_hung(self, stage_name: str) -> None:
+        with self._lock:
+            entry = self._hung.get(stage_name)
         if entry is not None and not entry[0].is_set():
             raise StageTimeoutError(
-                f"stage '{named.name}' is still in a call that hung {time.monotonic() - entry[1]:.0f} s "
+                f"stage '{stage_name}' is still in a call that hung {time.monotonic() - entry[1]:.0f} s "
                 f"ago (limit {self.timeout_s:g} s); not entered again"
             )
+
+    def call(self, named: NamedStage, batch: Batch, drops: list[tuple[str, str]]) -> Batch:
+        """:func:`call_stage` under the time limit (same arguments, result and errors)."""
+        self._check_not_hung(named.name)
         done = threading.Event()
         outcome: list[Any] = []
         own_drops: list[tuple[str, str]] = []
@@ -195,6 +275,20 @@ class StageWatchdog:
             raise value
         drops.extend(own_drops)
         return value  # type: ignore[no-any-return]
+
+
+def _returned(progress: threading.Condition, state: dict[str, Any]) -> threading.Event:
+    """An Event that is set once the worker behind ``state`` has finished its batch."""
+    returned = threading.Event()
+
+    def watch() -> None:
+        with progress:
+            while not state["done"]:
+                progress.wait(_POLL_S)
+        returned.set()
+
+    threading.Thread(target=watch, name="vistream-hung-stage", daemon=True).start()
+    return returned
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,20 @@ def _spec(port: Any) -> TensorSpec:
     return TensorSpec(name=port.get_any_name(), shape=shape, dtype=_dtype_name(port.get_element_type()))
 
 
+def _checked_input(model_name: str, spec: TensorSpec, value: Any) -> np.ndarray:
+    """``value`` as a C-contiguous array of the input's dtype, or a ModelError on a wrong shape."""
+    array = np.ascontiguousarray(value, dtype=spec.dtype)
+    expected = spec.shape
+    if len(expected) != array.ndim or any(
+        dim is not None and dim != got for dim, got in zip(expected, array.shape, strict=False)
+    ):
+        raise ModelError(
+            f"{model_name}: input {spec.name} has shape {list(array.shape)}, "
+            f"expected {[dim if dim is not None else '?' for dim in expected]}"
+        )
+    return array
+
+
 def _rt_section(model: Any, section: str) -> dict[str, str]:
     if not model.has_rt_info([section]):
         return {}
@@ -174,6 +188,8 @@ class OpenVinoBackend:
         self._cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._compiled: Any = None
         self._inputs: list[TensorSpec] = []
+        self._input_index: dict[str, int] = {}
+        self._ov: Any = None
         self._outputs: list[TensorSpec] = []
         self._metadata: dict[str, str] = {}
         self._local = threading.local()
@@ -287,6 +303,8 @@ class OpenVinoBackend:
         except (RuntimeError, ValueError) as error:
             raise ModelError(f"OpenVINO cannot compile {self._model_path}: {_one_line(error)}") from error
         self._inputs = [_spec(port) for port in compiled.inputs]
+        self._input_index = {spec.name: index for index, spec in enumerate(self._inputs)}
+        self._ov = ov
         self._outputs = [_spec(port) for port in compiled.outputs]
         self._metadata = read_metadata(model, self._model_path)
         import openvino.properties.hint as hints
@@ -324,33 +342,33 @@ class OpenVinoBackend:
             ModelError: OpenVINO rejected the inputs or failed while running.
         """
         request = self._request()
-        names = {spec.name for spec in self._inputs}
-        unknown = sorted(set(inputs) - names)
-        if unknown:
-            raise ModelError(
-                f"{self._model_path.name}: unknown input(s) {', '.join(unknown)}; "
-                f"inputs: {', '.join(sorted(names))}"
-            )
-        feeds = {name: np.ascontiguousarray(value) for name, value in inputs.items()}
-        for spec in self._inputs:
-            value = feeds.get(spec.name)
-            if value is None:
-                raise ModelError(f"{self._model_path.name}: input {spec.name} is missing")
-            expected = spec.shape
-            if len(expected) != value.ndim or any(
-                dim is not None and dim != got for dim, got in zip(expected, value.shape, strict=False)
-            ):
+        specs = self._inputs
+        if len(inputs) != len(specs) or any(name not in self._input_index for name in inputs):
+            names = {spec.name for spec in specs}
+            unknown = sorted(set(inputs) - names)
+            if unknown:
                 raise ModelError(
-                    f"{self._model_path.name}: input {spec.name} has shape {list(value.shape)}, "
-                    f"expected {[dim if dim is not None else '?' for dim in expected]}"
+                    f"{self._model_path.name}: unknown input(s) {', '.join(unknown)}; "
+                    f"inputs: {', '.join(sorted(names))}"
                 )
+            missing = sorted(names - set(inputs))
+            raise ModelError(f"{self._model_path.name}: input {', '.join(missing)} is missing")
         try:
-            # share_inputs: the caller's buffer is read in place (infer is synchronous);
-            # outputs are copied out so the next call on this request cannot overwrite them.
-            results = request.infer(feeds, share_inputs=True, share_outputs=False)
+            for name, value in inputs.items():
+                index = self._input_index[name]
+                array = _checked_input(self._model_path.name, specs[index], value)
+                # The caller's buffer is read in place (infer below is synchronous): no copy,
+                # and none of the per-call dispatch work of ``infer(dict)`` (a third of this
+                # call's own CPU time here).
+                request.set_input_tensor(index, self._ov.Tensor(array, shared_memory=True))
+            request.infer()
+            # Copied out, so the next call on this request cannot overwrite them.
+            return {
+                spec.name: request.get_output_tensor(index).data.copy()
+                for index, spec in enumerate(self._outputs)
+            }
         except (RuntimeError, ValueError, TypeError) as error:
             raise ModelError(f"{self._model_path.name}: inference failed: {_one_line(error)}") from error
-        return {spec.name: results[index] for index, spec in enumerate(self._outputs)}
 
     def close(self) -> None:
         """Release the compiled model; a later :meth:`load` or :meth:`run` compiles again."""

@@ -49,6 +49,7 @@ def open_source(
     connect_timeout_s: float = 10.0,
     stall_timeout_s: float | None = 10.0,
     rtsp_latency_ms: int = 200,
+    keep_every: int = 1,
 ) -> Source:
     """Create the source for ``uri``, not yet opened (call ``.open()``).
 
@@ -62,6 +63,8 @@ def open_source(
         connect_timeout_s: GStreamer only: how long ``open()`` may wait for the first frame.
         stall_timeout_s: GStreamer only: ``frames()`` fails after this long without a frame.
         rtsp_latency_ms: GStreamer only: RTSP jitter buffer.
+        keep_every: Yield every ``keep_every``-th decoded frame only (the others are never
+            converted); frame indices keep counting decoded frames.
 
     Returns:
         An unopened :class:`Source`.
@@ -87,7 +90,7 @@ def open_source(
                 "without it only video files can be read"
             )
     if backend == "av":
-        return AvSource(target, source_id=source_id)
+        return AvSource(target, source_id=source_id, keep_every=keep_every)
     if not gstreamer_available():
         raise SourceError(
             f"backend 'gst' requested for {target.display} but GStreamer is not available "
@@ -100,4 +103,5 @@ def open_source(
         connect_timeout_s=connect_timeout_s,
         stall_timeout_s=stall_timeout_s,
         rtsp_latency_ms=rtsp_latency_ms,
+        keep_every=keep_every,
     )

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.checks import check_int
 from engine.errors import ConfigError, SourceError
 from engine.frame import Frame, SourceInfo
 from engine.sources.decoding import (
@@ -47,12 +48,16 @@ class AvSource:
         uri: A file path or ``file://`` URI, or an already parsed :class:`SourceUri`.
         source_id: Name of the source in frames and per-source state.
         threads: Decoder threads; 0 lets FFmpeg choose (frame and slice threading).
+        keep_every: Yield only every ``keep_every``-th decoded frame (the others are never
+            converted to BGR; see :class:`engine.sources.gst.GstSource`).
 
     Raises:
         ConfigError: ``uri`` is not a file, or an argument is invalid.
     """
 
-    def __init__(self, uri: str | SourceUri, *, source_id: str = "cam0", threads: int = 0) -> None:
+    def __init__(
+        self, uri: str | SourceUri, *, source_id: str = "cam0", threads: int = 0, keep_every: int = 1
+    ) -> None:
         self._target = uri if isinstance(uri, SourceUri) else parse_uri(uri)
         if self._target.kind != "file":
             raise ConfigError(
@@ -63,6 +68,7 @@ class AvSource:
             raise ConfigError("source_id must be a non-empty string")
         if threads < 0:
             raise ConfigError(f"threads must be >= 0, got {threads!r}")
+        self._keep_every = check_int("keep_every", keep_every, low=1)
         self._source_id = source_id
         self._threads = threads
         self._stop = threading.Event()
@@ -192,9 +198,13 @@ class AvSource:
                     continue
                 except av.FFmpegError as error:
                     raise SourceError(f"cannot decode {self.uri}: {_reason(error)}") from None
-                frames = [self._make_frame(frame, index + k) for k, frame in enumerate(decoded)]
+                frames = [
+                    self._make_frame(frame, index + k)
+                    for k, frame in enumerate(decoded)
+                    if (index + k) % self._keep_every == 0
+                ]
             yield from frames
-            index += len(frames)
+            index += len(decoded)
         check_length(index, self._declared, self.uri)
 
     def close(self) -> None:

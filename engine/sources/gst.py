@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.checks import check_int
 from engine.errors import ConfigError, SourceError
 from engine.frame import Frame, SourceInfo
 from engine.sources.decoding import (
@@ -126,6 +127,9 @@ class GstSource:
         rtsp_latency_ms: Jitter buffer of RTSP sources, in milliseconds.
         max_buffers: Decoded frames queued in the appsink; None means 8 for files and finite
             test sources (never dropped) and 2 for live sources (oldest dropped).
+        keep_every: Yield only every ``keep_every``-th decoded frame (index 0, n, 2n...; the
+            others are never converted to BGR). A live replay at a quarter of a recording's
+            rate would otherwise convert four frames to keep one.
     """
 
     def __init__(
@@ -137,6 +141,7 @@ class GstSource:
         stall_timeout_s: float | None = 10.0,
         rtsp_latency_ms: int = 200,
         max_buffers: int | None = None,
+        keep_every: int = 1,
     ) -> None:
         self._target = uri if isinstance(uri, SourceUri) else parse_uri(uri)
         if not source_id:
@@ -149,6 +154,7 @@ class GstSource:
             raise ConfigError(f"rtsp_latency_ms must be >= 0, got {rtsp_latency_ms!r}")
         if max_buffers is not None and max_buffers < 1:
             raise ConfigError(f"max_buffers must be >= 1, got {max_buffers!r}")
+        self._keep_every = check_int("keep_every", keep_every, low=1)
         self._source_id = source_id
         self._connect_timeout_s = float(connect_timeout_s)
         self._stall_timeout_s = stall_timeout_s
@@ -249,7 +255,8 @@ class GstSource:
             pending = None
             if sample is not None:
                 waiting_since = None
-                yield self._make_frame(Gst, sample, index)
+                if index % self._keep_every == 0:
+                    yield self._make_frame(Gst, sample, index)
                 index += 1
                 if index % _BUS_POLL_EVERY == 0:
                     self._poll_bus(Gst)

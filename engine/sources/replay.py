@@ -30,6 +30,21 @@ logger = logging.getLogger(__name__)
 _POLL_S = 0.1
 
 
+def replay_decimation(recording_fps: float | None, fps: float | None) -> int:
+    """How many decoded frames a replay at ``fps`` may skip per kept one without a change.
+
+    A replay keeps frame ``k`` of the recording when ``k * fps / recording_fps`` reaches a
+    new integer; at a whole ratio (60 -> 15 fps: 4) that is every ratio-th frame, which the
+    reader can then skip before converting the others
+    (``open_source(..., keep_every=...)``). Any other ratio gives 1 (nothing skipped early).
+    """
+    if not recording_fps or not fps or recording_fps <= fps:
+        return 1
+    ratio = recording_fps / fps
+    whole = round(ratio)
+    return whole if abs(ratio - whole) < 1e-6 else 1
+
+
 class LiveReplaySource:
     """Replays a finite source (a file) as a live one, paced at ``fps``.
 
@@ -153,9 +168,10 @@ class LiveReplaySource:
                     inner = self._inner = self._open_inner()
                     inner.open()
                 kept_in_loop = -1
-                for position, frame in enumerate(inner.frames()):
-                    # Keep the frames a camera at `fps` would have taken from this scene.
-                    slot = int(position * fps / recording_fps)
+                for frame in inner.frames():
+                    # Keep the frames a camera at `fps` would have taken from this scene
+                    # (by the recording's frame index: a decimating reader skips some).
+                    slot = int(frame.index * fps / recording_fps)
                     if slot == kept_in_loop:
                         continue
                     kept_in_loop = slot

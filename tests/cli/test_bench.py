@@ -3,6 +3,7 @@ the live replay source and the regression comparison of `make bench`."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import threading
@@ -14,12 +15,19 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engine.cli.bench.pipeline import BenchOptions, cameras_per_machine, keeps_up, parse_streams, warmup_mask
+from engine.cli.bench.pipeline import (
+    BenchOptions,
+    cameras_per_machine,
+    keeps_up,
+    parse_streams,
+    replays_live,
+    warmup_mask,
+)
 from engine.cli.main import main
 from engine.errors import ConfigError
 from engine.frame import Batch, Frame, SourceInfo
 from engine.metrics.timeline import TimelineRecorder, check_sum, decompose
-from engine.sources.replay import LiveReplaySource
+from engine.sources.replay import LiveReplaySource, replay_decimation
 from engine.stage import BaseStage
 from tests.conftest import REPO_ROOT
 
@@ -150,6 +158,23 @@ def test_keeps_up_needs_the_source_rate_within_tolerance_and_a_bounded_age(
 ) -> None:
     options = BenchOptions(pipeline="p", source="s", out_dir=Path("."), fps_tolerance=0.05, max_age_ms=200.0)
     assert keeps_up(_run(2, fps, age_ms), options) is expected
+
+
+@pytest.mark.parametrize(
+    ("streams", "fps", "live", "kind", "expected"),
+    [
+        ((10,), 15.0, False, "file", True),  # a pace is only a live replay's: `--streams 10 --fps 15`
+        ((10,), None, False, "file", False),  # one count, no pace: the file as fast as it goes
+        ((1, 2), None, False, "file", True),  # a sweep
+        ((1,), None, True, "file", True),
+        ((4,), 15.0, False, "test", False),  # not a file: nothing to replay
+    ],
+)
+def test_a_file_with_a_pace_or_a_sweep_is_replayed_live(
+    streams: tuple[int, ...], fps: float | None, live: bool, kind: str, expected: bool
+) -> None:
+    options = BenchOptions(pipeline="p", source="s", out_dir=Path("."), streams=streams, fps=fps, live=live)
+    assert replays_live(options, kind) is expected
 
 
 def test_cameras_per_machine_is_the_largest_count_with_every_smaller_one_passing() -> None:
@@ -434,3 +459,34 @@ def test_recorder_is_safe_to_share_between_threads() -> None:
     for thread in threads:
         thread.join()
     assert len(recorder.timeline()) == 800
+
+
+@pytest.mark.parametrize(
+    ("recording_fps", "fps", "expected"),
+    [(60.0, 15.0, 4), (30.0, 15.0, 2), (60.0, 25.0, 1), (25.0, 25.0, 1), (15.0, 30.0, 1), (None, 15.0, 1)],
+)
+def test_replay_decimation_only_at_whole_ratios(
+    recording_fps: float | None, fps: float, expected: int
+) -> None:
+    assert replay_decimation(recording_fps, fps) == expected
+
+
+def test_a_decimated_recording_replays_the_same_frames(highway_video: Path) -> None:
+    """A reader that skips 3 frames in 4 gives a 15 fps replay of the 60 fps file the same frames."""
+    from engine.sources import open_source
+
+    def replayed(keep_every: int) -> list[tuple[int, bytes]]:
+        replay = LiveReplaySource(
+            lambda: open_source(str(highway_video), backend="av", keep_every=keep_every),
+            source_id="cam0",
+            fps=15.0,
+            loop=False,
+            max_buffered_frames=64,  # nothing dropped: the frames themselves are compared
+        )
+        replay.open()
+        try:
+            return [(frame.index, frame.image.tobytes()) for frame in itertools.islice(replay.frames(), 8)]
+        finally:
+            replay.close()
+
+    assert replayed(4) == replayed(1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -10,7 +11,8 @@ from engine.config import PipelineSettings
 from engine.errors import StageContractError, StageTimeoutError
 from engine.frame import Batch
 from engine.pipeline import Pipeline
-from engine.stage import NamedStage, check_stage_output
+from engine.run_ahead import StageRun, StageWatchdog, run_stages
+from engine.stage import BaseStage, NamedStage, check_stage_output
 from tests.helpers import ListSource, MemorySink, ProbeStage, make_frame
 from tests.helpers_faults import ContractBreaker, HangingStage
 
@@ -100,3 +102,51 @@ def test_the_watchdog_is_on_for_live_sources_and_off_for_files_by_default() -> N
     assert settings.stage_timeout_for(live=False) is None
     assert PipelineSettings(stage_timeout_s="off").stage_timeout_for(live=True) is None
     assert PipelineSettings(stage_timeout_s="2.5").stage_timeout_for(live=False) == 2.5
+
+
+class _ThreadRecorder(BaseStage):
+    """Notes the thread of every call; sleeps ``sleep_s`` on frame ``slow_frame``."""
+
+    def __init__(self, slow_frame: int = -1, sleep_s: float = 0.0) -> None:
+        self.threads: list[int] = []
+        self.slow_frame, self.sleep_s = slow_frame, sleep_s
+
+    def __call__(self, batch: Batch) -> Batch:
+        self.threads.append(threading.get_ident())
+        if any(frame.index == self.slow_frame for frame in batch):
+            time.sleep(self.sleep_s)
+        return batch
+
+
+def test_the_watchdog_runs_every_stage_of_a_batch_in_one_hand_over() -> None:
+    first, second = _ThreadRecorder(), _ThreadRecorder()
+    stages = [NamedStage(name="first", stage=first), NamedStage(name="second", stage=second)]
+    run = run_stages(StageRun(Batch([make_frame(0)])), stages, StageWatchdog(5.0))
+    assert (
+        run.error is None
+        and run.stages_done == 2
+        and [t.stage_name for t in run.timings] == ["first", "second"]
+    )
+    assert first.threads == second.threads  # one worker ran both...
+    assert first.threads[0] != threading.get_ident()  # ...not the caller
+
+
+def test_each_stage_of_a_batch_gets_its_own_limit_and_a_hung_one_is_named() -> None:
+    watchdog = StageWatchdog(0.3)
+    # Each of the two stages takes 0.2 s: together longer than the limit, each within it.
+    slow = [NamedStage(name=name, stage=_ThreadRecorder(0, 0.2)) for name in ("a", "b")]
+    assert run_stages(StageRun(Batch([make_frame(0)])), slow, watchdog).error is None
+    hangs = [
+        NamedStage(name="ok", stage=_ThreadRecorder()),
+        NamedStage(name="hangs", stage=_ThreadRecorder(0, 1.0)),
+    ]
+    run = run_stages(StageRun(Batch([make_frame(0)])), hangs, watchdog)
+    assert run.failed_stage == "hangs" and isinstance(run.error, StageTimeoutError)
+    assert [t.stage_name for t in run.timings] == ["ok", "hangs"] and run.stages_done == 2
+    assert watchdog.hung("hangs") and not watchdog.hung("ok")
+    later = run_stages(StageRun(Batch([make_frame(1)])), hangs, watchdog)  # not entered again
+    assert later.failed_stage == "hangs" and "not entered again" in str(later.error)
+    deadline = time.monotonic() + 5
+    while watchdog.hung("hangs") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not watchdog.hung("hangs")  # the call returned: the stage is entered again

@@ -253,3 +253,25 @@ def test_auto_without_gstreamer_uses_pyav_for_files_only(
         assert "secret" not in str(caught.value)
     with pytest.raises(SourceError, match="GStreamer is not available"):
         open_source(str(tmp_path / "a.mp4"), backend="gst")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_keep_every_yields_every_nth_frame_unchanged(backend: str) -> None:
+    path = str(shared_path(HIGHWAY))
+    every, kept = open_source(path, backend=backend), open_source(path, backend=backend, keep_every=4)
+    try:
+        every.open(), kept.open()
+        reference = {frame.index: frame for frame in itertools.islice(every.frames(), 40)}
+        frames = list(itertools.islice(kept.frames(), 10))
+    finally:
+        every.close(), kept.close()
+    assert [frame.index for frame in frames] == list(range(0, 40, 4))  # indices count decoded frames
+    for frame in frames:
+        assert frame.pts_ns == reference[frame.index].pts_ns
+        assert np.array_equal(frame.image, reference[frame.index].image)
+
+
+@pytest.mark.parametrize("keep_every", [0, -1, 1.5])
+def test_keep_every_must_be_a_positive_integer(keep_every: object) -> None:
+    with pytest.raises(ConfigError, match="keep_every"):
+        open_source(str(shared_path(HIGHWAY)), backend="av", keep_every=keep_every)  # type: ignore[arg-type]

@@ -51,7 +51,8 @@ class BenchOptions:
         frames: Stop each configuration after this many frames per stream.
         device: Overrides the pipeline's device.
         live: Replay a file as a live camera (paced, stale frames dropped).
-        fps: Pace of live replays (default: the file's rate).
+        fps: Pace of live replays (default: the file's rate); given for a file, it replays the
+            file live (without it a single stream count reads the file as fast as it goes).
         video: Keep drawing stages and write annotated video (off: events and tracks only).
         warmup_frames: Frames per stream left out of every statistic.
         max_age_ms: Frame-age bound (p99, capture to sink) for a stream to count as kept up.
@@ -112,11 +113,12 @@ def bench_pipeline(options: BenchOptions) -> dict[str, Any]:
     spec = load_pipeline(options.pipeline).override(
         from_cli=True, device=options.device, batch_size=options.batch_size, workers=options.workers
     )
-    sweep = len(options.streams) > 1
     kind = source_kind(options.source)
-    live = options.live or (sweep and kind == "file")
-    if sweep and kind == "file" and not options.live:
-        logger.info("--streams sweep: replaying %s as live cameras", options.source)
+    live = replays_live(options, kind)
+    if live and kind == "file" and not options.live:
+        logger.info(
+            "replaying %s as live cameras (%s)", options.source, "--fps" if options.fps else "--streams sweep"
+        )
     duration_s = options.duration_s
     if duration_s is None and options.frames is None and (live or kind != "file"):
         duration_s = DEFAULT_SWEEP_DURATION_S  # a live source never ends by itself
@@ -195,6 +197,14 @@ def _validate(options: BenchOptions) -> None:
         raise ConfigError(f"--fps-tolerance: expected a fraction in [0, 1), got {options.fps_tolerance}")
     if not options.streams:
         raise ConfigError("--streams: expected at least one stream count")
+
+
+def replays_live(options: BenchOptions, kind: str) -> bool:
+    """Whether a run replays its source as live cameras: ``--live``, or a file with ``--fps``
+    (a pace only a live replay has) or a ``--streams`` sweep."""
+    if options.live:
+        return True
+    return kind == "file" and (options.fps is not None or len(options.streams) > 1)
 
 
 def warmup_mask(timeline: Timeline, warmup_frames: int) -> np.ndarray:
@@ -366,7 +376,12 @@ def add_subcommand(subparsers: Any) -> None:
     limit.add_argument("--frames", type=int, default=None, help="frames per stream")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (overrides the pipeline)")
     parser.add_argument("--live", action="store_true", help="replay a file as a live camera")
-    parser.add_argument("--fps", type=float, default=None, help="pace of live replays (default: the file's)")
+    parser.add_argument(
+        "--fps",
+        type=float,
+        default=None,
+        help="pace of live replays (default: the file's); replays a file live",
+    )
     parser.add_argument("--video", action="store_true", help="keep drawing stages, write annotated video")
     parser.add_argument("--warmup-frames", type=int, default=10, help="frames per stream left out (10)")
     parser.add_argument(

@@ -23,7 +23,7 @@ from engine.pipeline import Pipeline
 from engine.sinks.outputs import open_outputs
 from engine.sources import open_source, parse_uri
 from engine.sources.base import Source
-from engine.sources.replay import LiveReplaySource
+from engine.sources.replay import LiveReplaySource, replay_decimation
 
 
 class _InfoRecorder:
@@ -89,13 +89,24 @@ def make_sources(uri: str, count: int, *, live: bool, fps: float | None = None) 
     """``count`` independent sources of ``uri`` named ``cam0..``; files replayed live if asked."""
 
     replay = live and source_kind(uri) == "file"
+    keep_every = 1
+    if replay and fps is not None:
+        # A 15 fps replay of a 60 fps file keeps one frame in 4: the readers skip the other
+        # three before converting them, as a camera at 15 fps never sends them.
+        probe = open_source(uri, source_id="probe")
+        try:
+            keep_every = replay_decimation(probe.open().fps, fps)
+        finally:
+            probe.close()
     sources: list[Source] = []
     for position in range(count):
         source_id = f"cam{position}"
         if replay:
             sources.append(
                 LiveReplaySource(
-                    lambda source_id=source_id: open_source(uri, source_id=source_id),  # type: ignore[misc]
+                    lambda source_id=source_id: open_source(  # type: ignore[misc]
+                        uri, source_id=source_id, keep_every=keep_every
+                    ),
                     source_id=source_id,
                     fps=fps,
                     phase=position / count,  # cameras are not in lock step
