@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_gpu)
         if skip_trt is not None and "tensorrt" in item.keywords:
             item.add_marker(skip_trt)
+
+
+@pytest.fixture(autouse=True)
+def _forget_registered_secrets() -> Iterator[None]:
+    """Each test starts with the secrets registered before it, and leaves none behind.
+
+    Parsing a URI registers its password for masking process-wide (on purpose: a service
+    must mask it everywhere). The fuzz tests parse thousands of random URIs, and a random
+    "password" such as ``ive`` would otherwise mask words in later tests' messages.
+    """
+    from engine.sources import uri
+
+    with uri._secrets_lock:
+        before = set(uri._secrets)
+    yield
+    with uri._secrets_lock:
+        uri._secrets.clear()
+        uri._secrets.update(before)
