@@ -239,43 +239,6 @@ class StageWatchdog:
                 f"ago (limit {self.timeout_s:g} s); not entered again"
             )
 
-    def call(self, named: NamedStage, batch: Batch, drops: list[tuple[str, str]]) -> Batch:
-        """:func:`call_stage` under the time limit (same arguments, result and errors)."""
-        self._check_not_hung(named.name)
-        done = threading.Event()
-        outcome: list[Any] = []
-        own_drops: list[tuple[str, str]] = []
-
-        def target() -> None:
-            try:
-                outcome.append(("ok", call_stage(named, batch, own_drops)))
-            except BaseException as error:  # handed to the caller's thread
-                outcome.append(("error", error))
-            finally:
-                done.set()
-
-        with self._lock:
-            worker = self._idle.pop() if self._idle else _Worker()
-        worker.tasks.put(target)
-        if done.wait(self.timeout_s):
-            with self._lock:
-                self._idle.append(worker)  # reused: no thread start per call
-        else:
-            worker.tasks.put(None)  # retire it once the hung call returns
-            with self._lock:
-                self._hung[named.name] = (done, time.monotonic())
-            logger.error(
-                "stage '%s' did not return within %g s; it is skipped until that call returns",
-                named.name,
-                self.timeout_s,
-            )
-            raise StageTimeoutError(f"stage '{named.name}' did not return within {self.timeout_s:g} s")
-        kind, value = outcome[0]
-        if kind == "error":
-            raise value
-        drops.extend(own_drops)
-        return value  # type: ignore[no-any-return]
-
 
 def _returned(progress: threading.Condition, state: dict[str, Any]) -> threading.Event:
     """An Event that is set once the worker behind ``state`` has finished its batch."""
