@@ -52,10 +52,10 @@ NaN where unknown (untracked, outside the zone, held back, or not enough travel 
 Reads ``tracker_id`` (-1 means no track): a track stage must run before this one.
 
 Camera-shift alarm (:mod:`plugins.speed_alarm`): per source, each vehicle whose final speed
-is issued feeds a running comparison with a baseline (by default the ratio of its speeds over
-the far and the near half of its path, which a right calibration keeps at 1 whatever the
-traffic does); when it departs, one ``{"type": "calibration_suspect", ...}`` event goes on
-that frame's ``events``.
+is issued feeds a running comparison with a baseline (by default the ratio of its width across
+the road, its box's bottom edge on the road plane, over the far and the near half of its path:
+steady under a right calibration whatever the traffic does, moved by a moved camera); when it
+departs, one ``{"type": "calibration_suspect", ...}`` event goes on that frame's ``events``.
 """
 
 from __future__ import annotations
@@ -105,6 +105,7 @@ class _Held:
     xy_m: np.ndarray
     cov_m2: np.ndarray
     box_h: float
+    width_m: float
     reason: str
     jump_m: float
 
@@ -159,7 +160,8 @@ class SpeedEstimator(BaseStage):
         border_margin_px: Boxes within this distance of the image border, on the sides that
             define the anchor, are not used (a cut box moves its anchor).
         forget_after_s: A track unseen for this long (by timestamps) has ended.
-        shift_statistic: Camera-shift alarm test: ``profile``, ``median_ratio``, ``ks`` or ``off``.
+        shift_statistic: Camera-shift alarm test: ``width``, ``profile``, ``median_ratio``,
+            ``ks`` or ``off`` (:mod:`plugins.speed_alarm`).
         shift_threshold: Its threshold (ratio > 1, or p-value); None for the default.
         shift_baseline_tracks: Vehicles that form the baseline of the alarm.
         shift_window_tracks: Recent vehicles compared with the baseline.
@@ -190,7 +192,7 @@ class SpeedEstimator(BaseStage):
         min_final_points: int = 3,
         border_margin_px: float = 2.0,
         forget_after_s: float = 2.0,
-        shift_statistic: ShiftStatistic = "profile",
+        shift_statistic: ShiftStatistic = "width",
         shift_threshold: float | None = None,
         shift_baseline_tracks: int = 50,
         shift_window_tracks: int = 30,
@@ -203,7 +205,8 @@ class SpeedEstimator(BaseStage):
             raise ConfigError(f"speed: anchor must be one of {', '.join(ANCHORS)}, got {anchor!r}")
         if shift_statistic not in DEFAULT_SHIFT_THRESHOLD:
             raise ConfigError(
-                f"speed: shift_statistic must be profile, median_ratio, ks or off, got {shift_statistic!r}"
+                "speed: shift_statistic must be width, profile, median_ratio, ks or off, "
+                f"got {shift_statistic!r}"
             )
         self.calibration_path = Path(calibration)
         self.layer = layer
@@ -232,10 +235,12 @@ class SpeedEstimator(BaseStage):
             raise ConfigError(
                 f"speed: shift_threshold for median_ratio must be a ratio > 1, got {threshold!r}"
             )
-        if shift_statistic in ("ks", "profile") and not (
+        if shift_statistic in ("ks", "profile", "width") and not (
             isinstance(threshold, (int, float)) and 0 < threshold < 1
         ):
-            raise ConfigError(f"speed: shift_threshold for ks must be a p-value in (0, 1), got {threshold!r}")
+            raise ConfigError(
+                f"speed: shift_threshold for {shift_statistic} must be a p-value in (0, 1), got {threshold!r}"
+            )
         self.shift_threshold = float(threshold)
         self.shift_baseline_tracks = check_int("speed: shift_baseline_tracks", shift_baseline_tracks, low=1)
         self.shift_window_tracks = check_int("speed: shift_window_tracks", shift_window_tracks, low=1)
@@ -345,12 +350,14 @@ class SpeedEstimator(BaseStage):
             xyxy = np.asarray(detections.xyxy, dtype=np.float64)
             anchors = box_anchors(xyxy, self.anchor)
             inside = calibration.in_zone(anchors)
-            cut = self._cut(xyxy, frame.width, frame.height)
+            touches = self._touches(xyxy, frame.width, frame.height)
+            cut = (touches & self._anchor_sides).any(axis=1)
             usable = inside & ~cut
             if usable.any():
                 world[usable] = calibration.image_to_world(anchors[usable])
                 usable &= np.isfinite(world).all(axis=1)
             cov = self._covariances(calibration, anchors, usable)
+            widths = self._widths(calibration, xyxy, usable & ~touches[:, [0, 2, 3]].any(axis=1))
             track_ids = np.asarray(detections.tracker_id)
             names = detections.data.get("class_name")
             heights = xyxy[:, 3] - xyxy[:, 1]
@@ -359,7 +366,7 @@ class SpeedEstimator(BaseStage):
                 if usable[i]:
                     name = "" if names is None else str(names[i])
                     speed_kmh[i] = self._observe(
-                        state, frame, track_id, world[i], cov[i], float(heights[i]), name
+                        state, frame, track_id, world[i], cov[i], float(heights[i]), float(widths[i]), name
                     )
                 elif not inside[i] and not cut[i]:
                     self._outside(state, frame, track_id)
@@ -380,9 +387,10 @@ class SpeedEstimator(BaseStage):
             cov[usable] = jacobian @ pixel_cov @ np.swapaxes(jacobian, 1, 2)
         return cov
 
-    def _cut(self, xyxy: np.ndarray, width: int, height: int) -> np.ndarray:
+    def _touches(self, xyxy: np.ndarray, width: int, height: int) -> np.ndarray:
+        """``(n, 4)``: which sides (x1, y1, x2, y2) of each box the image border may have cut."""
         margin = self.border_margin_px
-        touches = np.column_stack(
+        return np.column_stack(
             [
                 xyxy[:, 0] <= margin,
                 xyxy[:, 1] <= margin,
@@ -390,7 +398,17 @@ class SpeedEstimator(BaseStage):
                 xyxy[:, 3] >= height - margin,
             ]
         )
-        return (touches & self._anchor_sides).any(axis=1)
+
+    @staticmethod
+    def _widths(calibration: Calibration, xyxy: np.ndarray, usable: np.ndarray) -> np.ndarray:
+        """Each usable box's bottom edge on the road plane (m), for the camera-shift alarm."""
+        widths = np.full(len(xyxy), np.nan)
+        if usable.any():
+            boxes = xyxy[usable]
+            left = calibration.image_to_world(boxes[:, [0, 3]])
+            right = calibration.image_to_world(boxes[:, [2, 3]])
+            widths[usable] = np.hypot(*(right - left).T)
+        return widths
 
     def _observe(
         self,
@@ -400,6 +418,7 @@ class SpeedEstimator(BaseStage):
         xy_m: np.ndarray,
         cov_m2: np.ndarray,
         box_h: float,
+        width_m: float,
         class_name: str,
     ) -> float:
         """Add one in-zone observation of a track; return its current speed (km/h or NaN)."""
@@ -435,14 +454,14 @@ class SpeedEstimator(BaseStage):
             if sigmas > self.gate_sigmas or resized:
                 jump = float(np.hypot(*(xy_m - path.xy_m[-1])))
                 reason = "box_size" if resized and sigmas <= self.gate_sigmas else "position"
-                track.held.append(_Held(pts_ns, xy_m.copy(), cov_m2.copy(), box_h, reason, jump))
+                track.held.append(_Held(pts_ns, xy_m.copy(), cov_m2.copy(), box_h, width_m, reason, jump))
                 if len(track.held) >= self.split_after_points:
                     self._split(state, frame, track_id, track)
                 return math.nan
             if track.held:
                 state.totals["outliers"] += len(track.held)
                 track.held.clear()
-        path.add(pts_ns, xy_m, cov_m2)
+        path.add(pts_ns, xy_m, cov_m2, width_m)
         track.last_box_h = box_h
         return self._current(state, path)
 
@@ -485,7 +504,7 @@ class SpeedEstimator(BaseStage):
         path = track.path = VehiclePath(held[0].pts_ns)
         track.segment += 1
         for item in held:
-            path.add(item.pts_ns, item.xy_m, item.cov_m2)
+            path.add(item.pts_ns, item.xy_m, item.cov_m2, item.width_m)
         track.last_box_h = held[-1].box_h
 
     def _outside(self, state: _SourceState, frame: Frame, track_id: int) -> None:
@@ -549,8 +568,8 @@ class SpeedEstimator(BaseStage):
         state.totals["vehicles"] += 1
         events = [final]
         alarm = None
-        if self.shift_statistic == "profile":
-            ratio = path.far_near_ratio()
+        if self.shift_statistic in ("width", "profile"):
+            ratio = path.far_near_width_ratio() if self.shift_statistic == "width" else path.far_near_ratio()
             if ratio is not None and ratio > 0:
                 alarm = state.alarm.add(math.log(ratio))
         else:

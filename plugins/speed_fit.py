@@ -320,6 +320,7 @@ class VehiclePath:
         self._t_s = np.zeros(64)
         self._xy_m = np.zeros((64, 2))
         self._cov_m2 = np.zeros((64, 2, 2))
+        self._width_m = np.full(64, np.nan)
         self.last_ns = origin_ns
         self.fit: LineFit | None = None
         self.lag_correction_ms = np.zeros(2)
@@ -343,8 +344,14 @@ class VehiclePath:
         """Position covariances."""
         return self._cov_m2[: self.count]
 
-    def add(self, pts_ns: int, xy_m: np.ndarray, cov_m2: np.ndarray) -> None:
-        """Append one observation (timestamps must increase)."""
+    @property
+    def width_m(self) -> np.ndarray:
+        """Observed widths across the road (NaN where the box did not give one)."""
+        return self._width_m[: self.count]
+
+    def add(self, pts_ns: int, xy_m: np.ndarray, cov_m2: np.ndarray, width_m: float = math.nan) -> None:
+        """Append one observation (timestamps must increase); ``width_m`` is the box's
+        bottom edge on the road plane, for :meth:`far_near_width_ratio`."""
         if self.count == len(self._t_s):
             if self.count >= _MAX_POINTS:
                 self._thin()
@@ -353,10 +360,12 @@ class VehiclePath:
                 self._t_s = np.concatenate([self._t_s, np.zeros(grow)])
                 self._xy_m = np.concatenate([self._xy_m, np.zeros((grow, 2))])
                 self._cov_m2 = np.concatenate([self._cov_m2, np.zeros((grow, 2, 2))])
+                self._width_m = np.concatenate([self._width_m, np.full(grow, np.nan)])
         i = self.count
         self._t_s[i] = (pts_ns - self.origin_ns) / 1e9
         self._xy_m[i] = xy_m
         self._cov_m2[i] = cov_m2
+        self._width_m[i] = width_m
         self.count += 1
         self.last_ns = pts_ns
         if self.count >= 2:
@@ -373,6 +382,7 @@ class VehiclePath:
         self._t_s[:kept] = self._t_s[keep]
         self._xy_m[:kept] = self._xy_m[keep]
         self._cov_m2[:kept] = self._cov_m2[keep]
+        self._width_m[:kept] = self._width_m[keep]
         self.count = kept
 
     def current(
@@ -456,28 +466,64 @@ class VehiclePath:
         """Fit every observation of the path: the vehicle's mean speed through the zone."""
         return fit_mean_velocity(self.t_s, self.xy_m, self.cov_m2, self.direction)
 
-    def far_near_ratio(self) -> float | None:
-        """Speed over the far half of the path divided by the speed over its near half.
-
-        Halves are split in time; the far half is the one whose positions are noisier (a
-        pixel is worth more there). Under a right calibration a vehicle's two halves agree
-        whatever its speed; a moved camera stretches the far part of the road more than the
-        near part, so every vehicle's ratio moves the same way (the camera-shift alarm's
-        ``profile`` statistic). None for paths too short to halve (fewer than 8 points).
-        """
+    def _halves(self) -> tuple[slice, slice] | None:
+        """The path split in time at its middle, far half first: the far half is the one
+        whose positions are noisier (a pixel is worth more there). None below 8 points."""
         if self.count < 8:
             return None
         middle = self.t_s[0] + (self.t_s[-1] - self.t_s[0]) / 2.0
         split = int(np.searchsorted(self.t_s, middle))
-        halves = []
-        for part in (slice(0, split), slice(split, self.count)):
+        first, second = slice(0, split), slice(split, self.count)
+        variance = along_variance(self.cov_m2, self.direction)
+        if len(variance[first]) == 0 or len(variance[second]) == 0:
+            return None
+        far_first = float(np.mean(variance[first])) >= float(np.mean(variance[second]))
+        return (first, second) if far_first else (second, first)
+
+    def far_near_ratio(self) -> float | None:
+        """Speed over the far half of the path divided by the speed over its near half.
+
+        Under a right calibration a vehicle's two halves agree when its speed is steady; a
+        moved camera stretches the far part of the road more than the near part (the
+        camera-shift alarm's ``profile`` statistic). A vehicle that brakes or speeds up in
+        view moves it too. None for paths too short to halve (fewer than 8 points, or 4 per
+        half).
+        """
+        halves = self._halves()
+        if halves is None:
+            return None
+        speeds = []
+        for part in halves:
             t, xy, cov = self.t_s[part], self.xy_m[part], self.cov_m2[part]
             fit = fit_line(t, xy, cov, self.direction) if len(t) >= 4 else None
             if fit is None or fit.speed_ms <= 0.5:
                 return None
-            halves.append((float(np.mean(along_variance(cov, self.direction))), fit.speed_ms))
-        (var_a, speed_a), (var_b, speed_b) = halves
-        return speed_a / speed_b if var_a >= var_b else speed_b / speed_a
+            speeds.append(fit.speed_ms)
+        return speeds[0] / speeds[1]
+
+    def far_near_width_ratio(self) -> float | None:
+        """Median width across the road over the far half of the path divided by the near
+        half's (the camera-shift alarm's ``width`` statistic).
+
+        The width is the box's bottom edge mapped onto the road plane. Under a right
+        calibration the ratio is the same for a vehicle of a kind and lane whatever it does
+        (perspective and the side of the vehicle in view keep it off 1, steadily); a moved
+        camera maps the far rows to the wrong distance, which changes their metres per pixel
+        across the road more than the near rows'. Traffic (braking, speeding up) cannot move
+        it. None without 4 widths in each half.
+        """
+        halves = self._halves()
+        if halves is None:
+            return None
+        medians = []
+        for part in halves:
+            widths = self.width_m[part]
+            widths = widths[np.isfinite(widths)]
+            if len(widths) < 4:
+                return None
+            medians.append(float(np.median(widths)))
+        far, near = medians
+        return far / near if far > 0 and near > 0 else None
 
     def gate_sigmas(
         self,

@@ -15,7 +15,7 @@ from engine.errors import CalibrationError, ConfigError, StageError
 from engine.frame import Batch, Frame
 from engine.stage import Context
 from plugins.speed import SpeedEstimator
-from plugins.speed_fit import choose_window
+from plugins.speed_fit import VehiclePath, choose_window
 from tests.plugins.helpers_speed import (
     HEIGHT,
     context,
@@ -403,6 +403,24 @@ def test_camera_shift_alarm_fires_once_per_excursion(tmp_path: Path, statistic: 
         assert event["type"] == "calibration_suspect" and event["statistic"] == statistic
         assert event["source_id"] == "cam" and event["recent_median_kmh"] > event["baseline_median_kmh"]
     assert stage.summary()["sources"]["cam"]["totals"]["calibration_suspect_events"] == 2
+
+
+def test_far_near_width_ratio_takes_the_noisier_half_as_far() -> None:
+    """The width alarm's sample: median width of the far half (noisier positions) over the
+    near half's, whatever the order in time; None without 4 widths in each half."""
+
+    def path(far_first: bool, far_width: float, widths_known: bool = True) -> VehiclePath:
+        vehicle = VehiclePath(0)
+        for i in range(12):
+            far = (i < 6) == far_first
+            cov = np.eye(2) * (0.09 if far else 0.01)
+            width = (far_width if far else 1.8) if widths_known or i % 3 == 0 else float("nan")
+            vehicle.add(round(i / FPS * 1e9), np.array([0.0, 20.0 * i / FPS]), cov, width)
+        return vehicle
+
+    assert path(True, 1.98).far_near_width_ratio() == pytest.approx(1.1)
+    assert path(False, 1.98).far_near_width_ratio() == pytest.approx(1.1)
+    assert path(True, 1.98, widths_known=False).far_near_width_ratio() is None
 
 
 def test_camera_shift_alarm_can_be_off(tmp_path: Path) -> None:
