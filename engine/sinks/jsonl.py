@@ -16,7 +16,9 @@ final vote of a shorter track). Measured on the two traffic videos: with 2 s, 0 
 track's final vote (at 0.5 s, 3 and 1 were not). The live path (labels, objects.jsonl,
 publishers) does not wait; this only delays the file by ``class_delay_s``. Lines still held
 when a source ends, at ``close``, or at a forced stop (:meth:`JsonlSink.write_held`) are
-written then; a killed process loses them.
+written then; a killed process loses them. A track unseen for ``FORGET_TRACK_AFTER_S`` of
+stream time (all its lines written) is forgotten, so a camera that runs for weeks keeps a
+bounded memory.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ from engine.stage import Context
 logger = logging.getLogger(__name__)
 
 _Key = tuple[str, int]  # (layer, track id) within one source
+#: Stream time after a track's last sighting at which its class is forgotten (a track
+#: stage gives up on a lost track within seconds, so it cannot come back after this).
+FORGET_TRACK_AFTER_S = 60.0
 
 
 class JsonlSink:
@@ -56,6 +61,8 @@ class JsonlSink:
         self._held: dict[str, deque[dict[str, Any]]] = {}
         self._latest: dict[str, dict[_Key, tuple[Any, Any]]] = {}
         self._written: dict[str, dict[_Key, tuple[Any, Any]]] = {}
+        self._last_seen_ns: dict[str, dict[_Key, int]] = {}
+        self._next_forget_ns: dict[str, int] = {}
         # write() runs on the pipeline's thread; write_held() may come from a forced stop's.
         self._lock = threading.Lock()
 
@@ -89,15 +96,32 @@ class JsonlSink:
                 horizon = record["pts_ns"] - round(self.class_delay_s * 1e9)
                 while held and held[0]["pts_ns"] <= horizon:
                     due.append(self._settle(source, held.popleft()))
+                self._forget(source, horizon)
             records = due
         self._emit(records)
 
     def _note_classes(self, source: str, record: dict[str, Any]) -> None:
         latest = self._latest.setdefault(source, {})
+        seen = self._last_seen_ns.setdefault(source, {})
         for layer, detections in record["layers"].items():
             for detection in detections:
                 if detection["track_id"] is not None:
-                    latest[(layer, detection["track_id"])] = (detection["class_id"], detection["class_name"])
+                    key = (layer, detection["track_id"])
+                    latest[key] = (detection["class_id"], detection["class_name"])
+                    seen[key] = record["pts_ns"]
+
+    def _forget(self, source: str, written_until_ns: int) -> None:
+        """Drop the classes of tracks unseen for ``FORGET_TRACK_AFTER_S`` (checked once per
+        ``FORGET_TRACK_AFTER_S`` of stream time, so it costs nothing per frame)."""
+        if written_until_ns < self._next_forget_ns.get(source, 0):
+            return
+        forget_ns = round(FORGET_TRACK_AFTER_S * 1e9)
+        self._next_forget_ns[source] = written_until_ns + forget_ns
+        seen = self._last_seen_ns.get(source, {})
+        for key in [key for key, pts_ns in seen.items() if pts_ns < written_until_ns - forget_ns]:
+            del seen[key]
+            self._latest.get(source, {}).pop(key, None)
+            self._written.get(source, {}).pop(key, None)
 
     def _settle(self, source: str, record: dict[str, Any]) -> dict[str, Any]:
         """Give the record's tracked detections their track's one class in this file."""
@@ -133,6 +157,8 @@ class JsonlSink:
         self._emit([self._settle(source, record) for record in held])
         self._latest.pop(source, None)
         self._written.pop(source, None)
+        self._last_seen_ns.pop(source, None)
+        self._next_forget_ns.pop(source, None)
 
     def write_held(self, timeout_s: float = 1.0) -> bool:
         """Write every held line now (a forced stop: nothing more will come); False when the

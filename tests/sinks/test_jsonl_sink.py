@@ -157,6 +157,28 @@ def test_a_track_has_one_class_in_the_file_its_vote_after_the_delay(tmp_path: Pa
     assert written == {1: {(2, "car")}, 2: {(7, "truck")}}
 
 
+def test_classes_of_long_gone_tracks_are_forgotten(tmp_path: Path) -> None:
+    """A camera running for days: a track unseen for FORGET_TRACK_AFTER_S of stream time is
+    dropped from the sink's memory; live tracks keep their written class."""
+    sink = JsonlSink(tmp_path / "events.jsonl", class_delay_s=1.0)
+    sink.open(Context())
+    frames_per_minute = 25 * 60
+    for index in range(3 * frames_per_minute):  # one new track per second, 3 minutes
+        track = 1 + index // 25
+        sink.write(Batch.of([_voted(index, {track: "car", 0: "truck"})]))  # track 0 stays all along
+    remembered = set(sink._latest["cam"])
+    assert len(remembered) < 2 * 60 + 10  # not the 180 tracks seen
+    assert ("objects", 0) in remembered and ("objects", 1) not in remembered
+    sink.close()
+    classes = {
+        d["class_name"]
+        for line in _strict_lines(tmp_path / "events.jsonl")
+        for d in line["layers"]["objects"]
+        if d["track_id"] == 0
+    }
+    assert classes == {"truck"}
+
+
 def test_without_a_delay_lines_go_out_at_once_with_their_classes(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     sink = JsonlSink(path)
