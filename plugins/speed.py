@@ -28,7 +28,9 @@ The method:
 - Identity guard: each new position is compared with the path's motion (its fitted line,
   the fit's uncertainty, the box noise and what ``max_acceleration_ms2`` allows since); one
   farther than ``gate_sigmas`` sigmas, or whose box height changes by more than
-  ``max_box_change`` times against the previous one, is held back, not used. If the next
+  ``max_box_change`` times against the previous one, is held back, not used. A box that
+  kept its top but lost its lower part (a vehicle in front hides the wheels, so the anchor
+  is off the road) is skipped as ``occluded``: it is the same vehicle. If the next
   observation fits again, it was a glitch (counted as ``outliers``); after
   ``split_after_points`` held back in a row, the track is another vehicle now: the path is
   closed (its final speed issued), a ``track_identity_split`` event goes out and a new path
@@ -86,11 +88,18 @@ FINAL_EVENT = "vehicle_speed_final"
 SPLIT_EVENT = "track_identity_split"
 _MAX_VEHICLES = 10_000  # per source, in the summary; older ones only count in totals
 _MIN_WINDOW_POINTS = 8  # also where the residuals start to measure the noise (speed_fit)
+#: A box whose top stays within this share of the last box's height of the last top while
+#: its height shrank by more than it has its lower part hidden (by a vehicle in front, a
+#: sign): its anchor is not where the vehicle touches the road.
+_OCCLUSION_SHARE = 0.1
+#: Longest run of such boxes taken for the same vehicle; after it the identity gate decides.
+_MAX_OCCLUSION_S = 1.0
 _TOTALS = (
     "tracks",
     "vehicles",
     "identity_splits",
     "outliers",
+    "occluded",
     "too_short",
     "rejected_max_speed",
     "calibration_suspect_events",
@@ -104,6 +113,7 @@ class _Held:
     pts_ns: int
     xy_m: np.ndarray
     cov_m2: np.ndarray
+    box_top_px: float
     box_h: float
     width_m: float
     reason: str
@@ -115,7 +125,10 @@ class _Track:
     path: VehiclePath | None = None
     held: list[_Held] = field(default_factory=list)
     last_seen_ns: int = 0
+    last_box_top_px: float = math.nan
+    last_box_ns: int = 0  # when the box of last_box_top_px was seen
     last_box_h: float = math.nan
+    occluded_since_ns: int | None = None
     out_since_ns: int | None = None
     class_name: str = ""
     segment: int = 0
@@ -360,13 +373,12 @@ class SpeedEstimator(BaseStage):
             widths = self._widths(calibration, xyxy, usable & ~touches[:, [0, 2, 3]].any(axis=1))
             track_ids = np.asarray(detections.tracker_id)
             names = detections.data.get("class_name")
-            heights = xyxy[:, 3] - xyxy[:, 1]
             for i in np.flatnonzero(track_ids != NO_TRACK_ID).tolist():
                 track_id = int(track_ids[i])
                 if usable[i]:
                     name = "" if names is None else str(names[i])
                     speed_kmh[i] = self._observe(
-                        state, frame, track_id, world[i], cov[i], float(heights[i]), float(widths[i]), name
+                        state, frame, track_id, world[i], cov[i], xyxy[i], float(widths[i]), name
                     )
                 elif not inside[i] and not cut[i]:
                     self._outside(state, frame, track_id)
@@ -417,12 +429,13 @@ class SpeedEstimator(BaseStage):
         track_id: int,
         xy_m: np.ndarray,
         cov_m2: np.ndarray,
-        box_h: float,
+        box_xyxy: np.ndarray,
         width_m: float,
         class_name: str,
     ) -> float:
         """Add one in-zone observation of a track; return its current speed (km/h or NaN)."""
         pts_ns = frame.pts_ns
+        box_top_px, box_h = float(box_xyxy[1]), float(box_xyxy[3] - box_xyxy[1])
         track = state.tracks.get(track_id)
         if track is not None and pts_ns - track.last_seen_ns > self.forget_after_s * 1e9:
             frame.events.extend(self._finish(state, frame.source_id, track_id, "track_lost"))
@@ -441,6 +454,9 @@ class SpeedEstimator(BaseStage):
         if path is None:
             path = track.path = VehiclePath(pts_ns)
             track.segment += 1
+        elif self._occluded_below(track, path, pts_ns, box_top_px, box_h):
+            state.totals["occluded"] += 1
+            return math.nan
         else:
             sigmas = path.gate_sigmas(
                 pts_ns,
@@ -454,7 +470,8 @@ class SpeedEstimator(BaseStage):
             if sigmas > self.gate_sigmas or resized:
                 jump = float(np.hypot(*(xy_m - path.xy_m[-1])))
                 reason = "box_size" if resized and sigmas <= self.gate_sigmas else "position"
-                track.held.append(_Held(pts_ns, xy_m.copy(), cov_m2.copy(), box_h, width_m, reason, jump))
+                held = _Held(pts_ns, xy_m.copy(), cov_m2.copy(), box_top_px, box_h, width_m, reason, jump)
+                track.held.append(held)
                 if len(track.held) >= self.split_after_points:
                     self._split(state, frame, track_id, track)
                 return math.nan
@@ -462,8 +479,36 @@ class SpeedEstimator(BaseStage):
                 state.totals["outliers"] += len(track.held)
                 track.held.clear()
         path.add(pts_ns, xy_m, cov_m2, width_m)
-        track.last_box_h = box_h
+        track.last_box_top_px, track.last_box_h, track.last_box_ns = box_top_px, box_h, pts_ns
+        track.occluded_since_ns = None
         return self._current(state, path)
+
+    def _occluded_below(
+        self, track: _Track, path: VehiclePath, pts_ns: int, box_top_px: float, box_h: float
+    ) -> bool:
+        """Whether a box has lost its lower part (a vehicle in front hides the wheels): its
+        top is where the last box's top has moved with the path's motion, within
+        ``_OCCLUSION_SHARE`` of the box height, while its height shrank by more than that
+        share and six noise sigmas; for at most ``_MAX_OCCLUSION_S``. Its anchor is off the
+        road however well it fits the path; another vehicle taking the track over moves the
+        top too. Such a box's top is the reference for the next box's."""
+        full_h = track.last_box_h  # of the last box used: before the occlusion
+        if not full_h > 0 or full_h - box_h <= max(_OCCLUSION_SHARE * full_h, 6.0 * self.box_noise_px):
+            return False
+        moved_px = 0.0
+        if path.fit is not None and self._calibration is not None:
+            then_s, now_s = ((ns - path.origin_ns) / 1e9 for ns in (track.last_box_ns, pts_ns))
+            positions = np.array([path.fit.position_at(then_s), path.fit.position_at(now_s)])
+            image_y = self._calibration.world_to_image(positions)[:, 1]
+            moved_px = float(image_y[1] - image_y[0]) if np.isfinite(image_y).all() else 0.0
+        if abs(box_top_px - (track.last_box_top_px + moved_px)) > _OCCLUSION_SHARE * full_h:
+            return False
+        if track.occluded_since_ns is None:
+            track.occluded_since_ns = pts_ns
+        elif pts_ns - track.occluded_since_ns > _MAX_OCCLUSION_S * 1e9:
+            return False
+        track.last_box_top_px, track.last_box_ns = box_top_px, pts_ns
+        return True
 
     def _current(self, state: _SourceState, path: VehiclePath) -> float:
         fit = path.current(
@@ -505,7 +550,8 @@ class SpeedEstimator(BaseStage):
         track.segment += 1
         for item in held:
             path.add(item.pts_ns, item.xy_m, item.cov_m2, item.width_m)
-        track.last_box_h = held[-1].box_h
+        track.last_box_top_px, track.last_box_h = held[-1].box_top_px, held[-1].box_h
+        track.last_box_ns = held[-1].pts_ns
 
     def _outside(self, state: _SourceState, frame: Frame, track_id: int) -> None:
         """A tracked box outside the zone: the vehicle leaves once it stays out ``exit_after_s``."""

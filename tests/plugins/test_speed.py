@@ -17,6 +17,7 @@ from engine.stage import Context
 from plugins.speed import SpeedEstimator
 from plugins.speed_fit import VehiclePath, choose_window
 from tests.plugins.helpers_speed import (
+    BOX_H,
     HEIGHT,
     context,
     tracked_frame,
@@ -162,6 +163,26 @@ def test_an_id_swap_splits_the_speed_history(tmp_path: Path) -> None:
     assert vehicles[0]["speed_kmh"] == pytest.approx(72.0, abs=0.01) and vehicles[0]["points"] == 15
     assert vehicles[1]["speed_kmh"] == pytest.approx(18.0, abs=0.01) and vehicles[1]["segment"] == 2
     assert stage.summary()["sources"]["cam"]["totals"]["identity_splits"] == 1
+
+
+def test_a_box_whose_lower_part_is_hidden_is_the_same_vehicle(tmp_path: Path) -> None:
+    """A car in front hides this car's wheels for 8 frames: the boxes keep their top and
+    lose their lower part, so the anchor jumps up the road. They are skipped (counted as
+    occluded), not a new vehicle: one final speed, exact, no split."""
+    stage = _stage(tmp_path, exit_after_s=0.0)
+    frames = _drive(FPS, 20.0, seconds=1.2)
+    for frame in frames[15:23]:
+        frame.layers["objects"].xyxy[:, 3] -= 0.4 * BOX_H
+    _run(stage, frames)
+    stage.end_of_stream("cam")
+    speeds = dict(_speeds(frames, 1))
+    assert all(math.isnan(speeds[i]) for i in range(15, 23))
+    shown = [s for s in speeds.values() if not math.isnan(s)]
+    np.testing.assert_allclose(shown, 72.0, atol=1e-6)
+    summary = stage.summary()["sources"]["cam"]
+    assert summary["totals"]["occluded"] == 8 and summary["totals"]["identity_splits"] == 0
+    ((vehicle,),) = [summary["vehicles"]]
+    assert vehicle["speed_kmh"] == pytest.approx(72.0, abs=0.01)
 
 
 def test_a_box_that_changes_size_at_once_is_another_vehicle(tmp_path: Path) -> None:
