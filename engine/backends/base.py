@@ -74,3 +74,45 @@ class InferenceBackend(Protocol):
 
     def close(self) -> None:
         """Release the model."""
+
+
+class LoadedSpecs:
+    """The read-only properties of :class:`InferenceBackend` for a backend whose ``load``
+    fills ``_inputs``, ``_outputs`` and ``_metadata`` (and whose constructor sets
+    ``_device``): each reading loads the model first and returns a copy.
+
+    Backends whose specs are not read from the model (``TorchBackend``) define their own.
+    """
+
+    _device: Device
+    _inputs: list[TensorSpec]
+    _outputs: list[TensorSpec]
+    _metadata: dict[str, str]
+
+    def load(self) -> None:
+        """Read the model (each backend's own)."""
+        raise NotImplementedError
+
+    @property
+    def device(self) -> Device:
+        """Where the model runs (or, for a server, where the caller's tensors live)."""
+        return self._device
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        """Input tensor specs, in model order (None for a dynamic axis)."""
+        self.load()
+        return list(self._inputs)
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        """Output tensor specs, in model order (None for a dynamic axis)."""
+        self.load()
+        return list(self._outputs)
+
+    @property
+    def metadata(self) -> Mapping[str, str]:
+        """Model metadata strings (``names``, ``imgsz``, ``stride``...; where each backend
+        reads them is in its class docstring)."""
+        self.load()
+        return dict(self._metadata)

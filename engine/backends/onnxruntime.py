@@ -21,7 +21,7 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
-from engine.backends.base import TensorSpec
+from engine.backends.base import LoadedSpecs, TensorSpec
 from engine.backends.model_check import check_onnx_file
 from engine.checks import check_optional_int
 from engine.device import Device, parse_device
@@ -65,11 +65,11 @@ def _one_line(error: Exception) -> str:
     return text[0] if text else type(error).__name__
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(LoadedSpecs):
     """Runs an ONNX model with ONNX Runtime.
 
     Construction only validates arguments; :meth:`load` creates the session (and every
-    property loads it on first use).
+    property loads it on first use). ``metadata`` is the model's ``metadata_props``.
 
     Args:
         model_path: The ``.onnx`` file.
@@ -115,29 +115,6 @@ class OnnxRuntimeBackend:
     def model_path(self) -> Path:
         """The model file."""
         return self._model_path
-
-    @property
-    def device(self) -> Device:
-        """Where the model runs."""
-        return self._device
-
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        """Input tensor specs, in model order."""
-        self.load()
-        return list(self._inputs)
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        """Output tensor specs, in model order."""
-        self.load()
-        return list(self._outputs)
-
-    @property
-    def metadata(self) -> Mapping[str, str]:
-        """The model's ``metadata_props`` (custom metadata map)."""
-        self.load()
-        return dict(self._metadata)
 
     def _providers(self) -> list[Any]:
         if not self._device.is_cuda:

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.backends.base import TensorSpec
+from engine.backends.base import LoadedSpecs, TensorSpec
 from engine.checks import check_choice, check_optional_int
 from engine.device import Device, parse_device
 from engine.errors import ModelError
@@ -138,7 +138,7 @@ def read_metadata(model: Any, model_path: Path) -> dict[str, str]:
     return _yaml_metadata(model_path)
 
 
-class OpenVinoBackend:
+class OpenVinoBackend(LoadedSpecs):
     """Runs an OpenVINO IR (``.xml`` + ``.bin``) or an ONNX model with OpenVINO on the CPU.
 
     Construction only validates arguments; :meth:`load` reads and compiles the model.
@@ -210,29 +210,6 @@ class OpenVinoBackend:
     def model_path(self) -> Path:
         """The model file."""
         return self._model_path
-
-    @property
-    def device(self) -> Device:
-        """Where the model runs (always the CPU)."""
-        return self._device
-
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        """Input tensor specs, in model order."""
-        self.load()
-        return list(self._inputs)
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        """Output tensor specs, in model order."""
-        self.load()
-        return list(self._outputs)
-
-    @property
-    def metadata(self) -> Mapping[str, str]:
-        """The model's metadata (see the module docstring for where it is read)."""
-        self.load()
-        return dict(self._metadata)
 
     def _config(self, ov: Any) -> dict[str, Any]:
         import openvino.properties as props

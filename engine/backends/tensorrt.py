@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.backends.base import TensorSpec
+from engine.backends.base import LoadedSpecs, TensorSpec
 from engine.device import Device, parse_device
 from engine.errors import ConfigError, ModelError
 
@@ -103,7 +103,7 @@ def _metadata_string(value: Any) -> str:
     return str(value)
 
 
-class TensorRTBackend:
+class TensorRTBackend(LoadedSpecs):
     """Runs a serialized TensorRT engine on a CUDA device.
 
     Args:
@@ -134,29 +134,6 @@ class TensorRTBackend:
 
     def __repr__(self) -> str:
         return f"TensorRTBackend({str(self._model_path)!r}, device={str(self.device)!r})"
-
-    @property
-    def device(self) -> Device:
-        """The CUDA device the engine runs on."""
-        return self._device
-
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        """Input specs (-1 dimensions reported as None)."""
-        self.load()
-        return list(self._inputs)
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        """Output specs (-1 dimensions reported as None)."""
-        self.load()
-        return list(self._outputs)
-
-    @property
-    def metadata(self) -> Mapping[str, str]:
-        """The engine file's metadata header (``names``, ``imgsz``, ``stride``...)."""
-        self.load()
-        return dict(self._metadata)
 
     @property
     def profiles(self) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.backends.base import TensorSpec
+from engine.backends.base import LoadedSpecs, TensorSpec
 from engine.backends.triton_shm import ShmRegions, shapes_and_types
 from engine.backends.triton_uri import SCHEMES, TritonTarget, is_triton_uri, parse_triton_uri
 from engine.checks import check_choice, check_number, check_optional_int
@@ -67,7 +67,7 @@ def _status(error: BaseException) -> str:
     return str(status or "")
 
 
-class TritonBackend:
+class TritonBackend(LoadedSpecs):
     """Runs a model on a Triton Inference Server through ``tritonclient``.
 
     Args:
@@ -118,29 +118,6 @@ class TritonBackend:
 
     def __repr__(self) -> str:
         return f"TritonBackend({str(self.target)!r})"
-
-    @property
-    def device(self) -> Device:
-        """Where the caller's tensors live (the server picks where the model runs)."""
-        return self._device
-
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        """Input tensor specs from the server's model metadata, in model order."""
-        self.load()
-        return list(self._inputs)
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        """Output tensor specs from the server's model metadata, in model order."""
-        self.load()
-        return list(self._outputs)
-
-    @property
-    def metadata(self) -> Mapping[str, str]:
-        """String ``parameters`` of the model's config (e.g. ``names``, ``imgsz``, ``stride``)."""
-        self.load()
-        return dict(self._metadata)
 
     @property
     def max_batch_size(self) -> int:
