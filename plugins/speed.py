@@ -88,9 +88,9 @@ FINAL_EVENT = "vehicle_speed_final"
 SPLIT_EVENT = "track_identity_split"
 _MAX_VEHICLES = 10_000  # per source, in the summary; older ones only count in totals
 _MIN_WINDOW_POINTS = 8  # also where the residuals start to measure the noise (speed_fit)
-#: A box whose top stays within this share of the last box's height of the last top while
-#: its height shrank by more than it has its lower part hidden (by a vehicle in front, a
-#: sign): its anchor is not where the vehicle touches the road.
+#: Occlusion from below: a box whose top is where the vehicle's motion puts it (within this
+#: share of its height) but whose height shrank by more than this share has its lower part
+#: hidden (by a vehicle in front, a sign): its anchor is not where the vehicle touches the road.
 _OCCLUSION_SHARE = 0.1
 #: Longest run of such boxes taken for the same vehicle; after it the identity gate decides.
 _MAX_OCCLUSION_S = 1.0
