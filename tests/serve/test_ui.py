@@ -66,7 +66,8 @@ def test_add_watch_calibrate_and_remove_a_stream_in_the_browser(browser: Any, tm
         # live view: the MJPEG image plays (the ball moves between two looks)
         page.click("tr[data-stream=cam1] a:text('live')")
         image = page.locator("img#live")
-        page.wait_for_function("document.querySelector('img#live').naturalWidth === 320", timeout=30_000)
+        # `?.`: the predicate may run before the live view has replaced the dashboard.
+        page.wait_for_function("document.querySelector('img#live')?.naturalWidth === 320", timeout=30_000)
         first = image.screenshot()
         page.wait_for_timeout(700)
         second = image.screenshot()
