@@ -81,7 +81,8 @@ class LoadedSpecs:
     fills ``_inputs``, ``_outputs`` and ``_metadata`` (and whose constructor sets
     ``_device``): each reading loads the model first and returns a copy.
 
-    Backends whose specs are not read from the model (``TorchBackend``) define their own.
+    A backend whose specs are not read from the model (``TorchBackend``) overrides
+    ``inputs`` and ``outputs``.
     """
 
     _device: Device

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.backends.base import TensorSpec
+from engine.backends.base import LoadedSpecs, TensorSpec
 from engine.backends.ultralytics_env import import_ultralytics
 from engine.checks import check_bool, check_optional_int
 from engine.device import Device, parse_device
@@ -151,7 +151,7 @@ def _dtype_name(half: bool) -> str:
     return "float16" if half else "float32"
 
 
-class TorchBackend:
+class TorchBackend(LoadedSpecs):
     """Runs an Ultralytics YOLO model with PyTorch.
 
     Args:
@@ -222,11 +222,6 @@ class TorchBackend:
         return f"TorchBackend({str(self._model_path)!r}, device={str(self.device)!r})"
 
     @property
-    def device(self) -> Device:
-        """Where the model runs."""
-        return self._device
-
-    @property
     def inputs(self) -> list[TensorSpec]:
         """One image input with dynamic batch, height and width."""
         self.load()
@@ -246,12 +241,6 @@ class TorchBackend:
             except (ValueError, SyntaxError):
                 channels = None
         return [TensorSpec(OUTPUT_NAME, (None, channels, None), _dtype_name(self._half))]
-
-    @property
-    def metadata(self) -> Mapping[str, str]:
-        """Ultralytics-style metadata: ``names``, ``imgsz``, ``stride``, ``task``."""
-        self.load()
-        return dict(self._metadata)
 
     def load(self) -> None:
         """Read the model and move it to the device; does nothing when already loaded.
