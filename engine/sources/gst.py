@@ -16,6 +16,13 @@ stops it within one slice. Files use ``sync=false`` and a bounded, non-dropping 
 (every frame, as fast as it is consumed); live sources drop the oldest frames when the
 consumer falls behind, so latency stays bounded.
 
+Decoder threads: FFmpeg decoders (``avdec_*``) inside the bins get ``max-threads`` from
+``decoder_threads`` (default 1). The engine already keeps every core busy with the model and
+with other cameras; a decoder's own frame threads only add hand-offs. Measured on the 320x240
+MPEG-4 overpass video on the 2-core machine: 0.16-0.21 ms CPU per frame with one thread against
+0.34-0.41 ms with FFmpeg's choice (``benchmarks`` README, CPU section). Set 0 for FFmpeg's
+choice (one big stream decoded as fast as possible on an otherwise idle machine).
+
 Timestamps: files follow :class:`~engine.sources.decoding.FileClock` (the same rule as the
 PyAV reader); live and test sources carry GStreamer's buffer times (the pipeline's running
 time). Endings: a file that stops far short of its declared length raises after its frames;
@@ -130,6 +137,8 @@ class GstSource:
         keep_every: Yield only every ``keep_every``-th decoded frame (index 0, n, 2n...; the
             others are never converted to BGR). A live replay at a quarter of a recording's
             rate would otherwise convert four frames to keep one.
+        decoder_threads: ``max-threads`` of FFmpeg decoders in the pipeline; 0 lets FFmpeg
+            choose (module docstring).
     """
 
     def __init__(
@@ -142,6 +151,7 @@ class GstSource:
         rtsp_latency_ms: int = 200,
         max_buffers: int | None = None,
         keep_every: int = 1,
+        decoder_threads: int = 1,
     ) -> None:
         self._target = uri if isinstance(uri, SourceUri) else parse_uri(uri)
         if not source_id:
@@ -155,6 +165,7 @@ class GstSource:
         if max_buffers is not None and max_buffers < 1:
             raise ConfigError(f"max_buffers must be >= 1, got {max_buffers!r}")
         self._keep_every = check_int("keep_every", keep_every, low=1)
+        self._decoder_threads = check_int("decoder_threads", decoder_threads, low=0)
         self._source_id = source_id
         self._connect_timeout_s = float(connect_timeout_s)
         self._stall_timeout_s = stall_timeout_s
@@ -341,6 +352,8 @@ class GstSource:
             raise SourceError(
                 f"cannot build the GStreamer pipeline for {self.uri}: {error.message}"
             ) from None
+        # Decoders are created inside the bins once the stream is typed: set them up then.
+        pipeline.connect("deep-element-added", self._on_element_added)
         source = pipeline.get_by_name("src")
         target = self._target
         # Locations are set as properties, not spliced into the launch string: paths and
@@ -370,6 +383,12 @@ class GstSource:
         if pipeline.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
             self._poll_bus(Gst)
             raise self._error or SourceError(f"cannot start the GStreamer pipeline for {self.uri}")
+
+    def _on_element_added(self, _pipeline: Any, _bin: Any, element: Any) -> None:
+        factory = element.get_factory()
+        if factory is not None and factory.get_name().startswith("avdec_"):
+            if element.find_property("max-threads") is not None:
+                element.set_property("max-threads", self._decoder_threads)
 
     def _wait_first_sample(self, Gst: Any) -> Any:
         deadline = time.monotonic() + self._connect_timeout_s

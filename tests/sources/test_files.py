@@ -275,3 +275,39 @@ def test_keep_every_yields_every_nth_frame_unchanged(backend: str) -> None:
 def test_keep_every_must_be_a_positive_integer(keep_every: object) -> None:
     with pytest.raises(ConfigError, match="keep_every"):
         open_source(str(shared_path(HIGHWAY)), backend="av", keep_every=keep_every)  # type: ignore[arg-type]
+
+
+def _decoder_max_threads(source: engine.sources.GstSource) -> list[int]:
+    """``max-threads`` of every FFmpeg decoder inside an opened GStreamer source."""
+    found: list[int] = []
+    iterator = source._pipeline.iterate_recurse()  # the pipeline is private: looked at, not used
+    while True:
+        result, element = iterator.next()
+        if element is None:
+            return found
+        factory = element.get_factory()
+        if factory is not None and factory.get_name().startswith("avdec_"):
+            found.append(element.get_property("max-threads"))
+
+
+@pytest.mark.gst
+@pytest.mark.parametrize("threads", [1, 0, 3])
+def test_gst_decoder_threads_reach_the_decoder_and_frames_stay_the_same(threads: int) -> None:
+    path = shared_path(HIGHWAY)
+    source = engine.sources.GstSource(str(path), decoder_threads=threads)
+    reference = open_source(str(path), backend="av")
+    try:
+        source.open(), reference.open()
+        assert _decoder_max_threads(source) == [threads]
+        pairs = list(zip(itertools.islice(source.frames(), 30), reference.frames()))
+    finally:
+        source.close(), reference.close()
+    assert [a.pts_ns for a, _ in pairs] == [b.pts_ns for _, b in pairs]
+    # Frame 2 differs between the two libavcodec versions at any thread count (see above).
+    assert {a.index for a, b in pairs if not np.array_equal(a.image, b.image)} <= {2}
+
+
+@pytest.mark.gst
+def test_gst_decoder_threads_must_not_be_negative() -> None:
+    with pytest.raises(ConfigError, match="decoder_threads"):
+        engine.sources.GstSource(str(shared_path(HIGHWAY)), decoder_threads=-1)
