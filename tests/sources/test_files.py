@@ -299,7 +299,9 @@ def test_gst_decoder_threads_reach_the_decoder_and_frames_stay_the_same(threads:
     try:
         source.open(), reference.open()
         assert _decoder_max_threads(source) == [threads]
-        pairs = list(zip(itertools.islice(source.frames(), 30), reference.frames()))
+        pairs = list(
+            zip(itertools.islice(source.frames(), 30), itertools.islice(reference.frames(), 30), strict=True)
+        )
     finally:
         source.close(), reference.close()
     assert [a.pts_ns for a, _ in pairs] == [b.pts_ns for _, b in pairs]
