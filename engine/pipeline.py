@@ -226,6 +226,8 @@ class Pipeline:
                 drain_timeout_s=settings.drain_timeout_s,
             )
             stack.callback(batcher.close)
+            # The frame loop starts here: what came before is startup (summary "startup_s").
+            self.metrics.loop_started_ns = time.monotonic_ns()
             batcher.start()
             items: Iterable[Batch | StageRun | Marker] = batcher
             if ahead_stages:

@@ -48,7 +48,7 @@ detections without a confirmed track from its output (here they stay, with id -1
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import logging
 import math
 from dataclasses import dataclass, field
@@ -61,6 +61,7 @@ from engine.checks import check_bool, check_number
 from engine.errors import ConfigError
 from engine.frame import NO_TRACK_ID, OBJECTS_LAYER, Batch, Frame
 from engine.stage import BaseStage, Context
+from plugins.track_kalman import CachedStepXYXYEstimator
 
 logger = logging.getLogger(__name__)
 
@@ -214,6 +215,8 @@ class ByteTrackStage(BaseStage):
                 minimum_consecutive_frames=self.minimum_consecutive_frames,
                 minimum_iou_threshold=self.minimum_iou_threshold,
                 high_conf_det_threshold=self.high_conf_det_threshold,
+                # The library's XYXY filter with less work per call (plugins/track_kalman.py).
+                state_estimator_class=CachedStepXYXYEstimator,
             )
             offset = self._id_offsets.get(source_id, 0)
             state = _SourceTrack(
@@ -264,7 +267,11 @@ class ByteTrackStage(BaseStage):
             numbered = np.where(ids >= 0, ids + 1 + state.id_offset, NO_TRACK_ID)
             tracker_id[tracked.data[_INDEX_KEY]] = numbered
             state.highest_id = max(state.highest_id, int(numbered.max()))
-        out = dataclasses.replace(detections, tracker_id=tracker_id, data=dict(detections.data))
+        # A shallow copy with two fields replaced: the columns were validated when the
+        # detections were made, and dataclasses.replace would validate them all again.
+        out = copy.copy(detections)
+        out.tracker_id = tracker_id
+        out.data = dict(detections.data)
         if self.vote_classes and out.class_id is not None:
             self._vote(state, out)
         return out

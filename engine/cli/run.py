@@ -353,8 +353,8 @@ def _print_report(summary: dict[str, Any], out_dir: Path, *, quiet: bool) -> Non
     if quiet:
         return
     print(
-        f"{summary['frames']} frames in {summary['wall_s']} s ({summary['fps']} fps), "
-        f"status {summary['status']}"
+        f"{summary['frames']} frames in {summary['loop_s']} s ({summary['fps']} fps; "
+        f"{summary['startup_s']} s startup), status {summary['status']}"
     )
     for layer, counts in summary.get("detections_per_class", {}).items():
         top = ", ".join(f"{name} {count}" for name, count in list(counts.items())[:5])

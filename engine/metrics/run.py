@@ -178,6 +178,8 @@ class RunMetrics:
     detections_per_class: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     track_ids: dict[str, set[tuple[str, int]]] = field(default_factory=lambda: defaultdict(set))
     started_ns: int = field(default_factory=time.monotonic_ns)
+    loop_started_ns: int | None = None
+    last_output_ns: int | None = None
     finished_ns: int | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -193,6 +195,7 @@ class RunMetrics:
         with self.lock:
             for frame in batch:
                 age_ms = (now_ns - frame.capture_ns) / 1e6
+                self.last_output_ns = now_ns
                 self.frames_out[frame.source_id] += 1
                 self.end_to_end_ms.add(age_ms)
                 self.frame_age_ms[frame.source_id].add(age_ms)
@@ -257,6 +260,8 @@ class RunMetrics:
                 skipped_frames=self.skipped_frames,
                 errors=Counter(self.errors),
                 started_ns=self.started_ns,
+                loop_started_ns=self.loop_started_ns,
+                last_output_ns=self.last_output_ns,
                 finished_ns=self.finished_ns,
             )
 
@@ -265,10 +270,29 @@ class RunMetrics:
         end_ns = self.finished_ns if self.finished_ns is not None else time.monotonic_ns()
         return (end_ns - self.started_ns) / 1e9
 
+    def loop_s(self) -> float:
+        """Seconds the frame loop ran: from its start to the last frame written (or to now).
+
+        Startup (opening sources, loading and warming up models) and teardown (closing
+        outputs) are not in it, so ``frames / loop_s`` is the in-loop throughput that
+        model-only and other tools' figures are compared with.
+        """
+        if self.loop_started_ns is None:
+            return 0.0
+        end_ns = self.last_output_ns if self.finished_ns is not None else time.monotonic_ns()
+        return max(0, (end_ns or self.loop_started_ns) - self.loop_started_ns) / 1e9
+
     def summary(self) -> dict[str, Any]:
-        """A JSON-ready summary of the run."""
+        """A JSON-ready summary of the run.
+
+        ``fps`` is frames out per second of the frame loop (:meth:`loop_s`); ``wall_s`` is
+        the whole run, ``startup_s`` the part before the loop (sources opened, models
+        loaded and warmed up).
+        """
         frames = sum(self.frames_out.values())
         wall_s = self.wall_s()
+        loop_s = self.loop_s()
+        startup_ns = (self.loop_started_ns or self.started_ns) - self.started_ns
         with self.lock:
             return {
                 "frames": frames,
@@ -278,7 +302,9 @@ class RunMetrics:
                 "frames_invalid": dict(self.frames_invalid),
                 "reconnects": dict(self.reconnects),
                 "wall_s": round(wall_s, 3),
-                "fps": round(frames / wall_s, 2) if wall_s > 0 else None,
+                "startup_s": round(startup_ns / 1e9, 3),
+                "loop_s": round(loop_s, 3),
+                "fps": round(frames / loop_s, 2) if loop_s > 0 else None,
                 "skipped_frames": self.skipped_frames,
                 "errors": dict(self.errors),
                 "dropped_by_stage": dict(self.dropped_by_stage),

@@ -38,6 +38,19 @@ def test_outputs_count_frames_classes_tracks_and_ages_per_source() -> None:
     assert summary["frame_age_ms"]["a"]["p50_ms"] == 5.0
 
 
+def test_fps_counts_the_frame_loop_not_the_startup() -> None:
+    metrics = RunMetrics(started_ns=0)
+    metrics.loop_started_ns = 2_000_000_000  # 2 s of startup: sources opened, models loaded
+    frames = [make_frame(index) for index in range(50)]
+    for frame in frames:
+        frame.capture_ns = 0
+    metrics.record_output(Batch(frames), now_ns=2_500_000_000)
+    metrics.finished_ns = 2_600_000_000  # outputs closed after the last frame
+    summary = metrics.summary()
+    assert summary["startup_s"] == 2.0 and summary["loop_s"] == 0.5 and summary["wall_s"] == 2.6
+    assert summary["fps"] == 100.0  # 50 frames in the 0.5 s loop
+
+
 def test_a_snapshot_is_independent_of_the_running_metrics() -> None:
     metrics = RunMetrics()
     metrics.update_source("cam", frames_in=3, state="up")

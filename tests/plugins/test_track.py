@@ -282,3 +282,37 @@ def test_invalid_arguments_raise_config_error(kwargs: dict[str, object]) -> None
 def test_registered_as_track() -> None:
     (entry,) = entry_points(group="vistream.stages", name="track")
     assert entry.load() is ByteTrackStage
+
+
+def test_cached_step_kalman_filter_matches_the_library_filter() -> None:
+    """The stage's estimator (plugins/track_kalman.py) gives the library's ids and states."""
+    from trackers import ByteTrackTracker
+    from trackers.utils.state_representations import XYXYStateEstimator
+
+    from plugins.track_kalman import CachedStepXYXYEstimator
+
+    def run(estimator: type) -> list[tuple[np.ndarray, np.ndarray]]:
+        tracker = ByteTrackTracker(frame_rate=60.0, state_estimator_class=estimator)
+        start = np.array([[10.0 + 40 * i, 10, 35 + 40 * i, 40] for i in range(6)])
+        timestamp_s, out = 0.0, []
+        for k in range(300):
+            boxes = start + k * np.array([0.8, 0.5, 0.9, 0.6]) + np.sin(k * np.arange(24.0).reshape(6, 4))
+            seen = (np.arange(6) + k) % 5 != 0  # every box missed now and then
+            # Steps near one frame (the nominal band), a gap (DWNA noise) and a repeat.
+            timestamp_s += {100: 0.1, 200: 0.0}.get(k, 1 / 60 + 1e-5 * np.sin(k))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the repeated timestamp warns
+                result = tracker.update(
+                    sv.Detections(xyxy=boxes[seen], confidence=np.full(int(seen.sum()), 0.9)),
+                    timestamp=timestamp_s,
+                )
+            states = np.array([track.get_state_bbox() for track in tracker.tracks])
+            out.append((np.asarray(result.tracker_id), states))
+        return out
+
+    library, cached = run(XYXYStateEstimator), run(CachedStepXYXYEstimator)
+    assert len(library) == len(cached) == 300
+    for (ids_a, states_a), (ids_b, states_b) in zip(library, cached, strict=True):
+        assert np.array_equal(ids_a, ids_b)
+        np.testing.assert_allclose(states_b, states_a, rtol=1e-9, atol=1e-9)
+    assert max(int(ids.max(initial=-1)) for ids, _ in cached) >= 5  # every object got an id
