@@ -6,9 +6,10 @@ Tools (each run in its own process by ``compare.py``, alternating, medians of th
   every class, as ``vistream run VIDEO --no-video``) with the shared fp32 ONNX on ONNX Runtime,
   the same ONNX on OpenVINO (``backend: openvino``, precision ``auto``: bf16 on this CPU), and
   the NNCF int8 IR from ``vistream export --format openvino --int8``;
-- ``ceiling_ort`` / ``ceiling_ov`` / ``ceiling_ov_int8``: the same backend alone, as the
-  pipeline uses it (``workers: 2``: two calls at once, one thread each) on the same frames,
-  letterbox included, decoding not (frames are decoded before the clock starts);
+- ``ceiling_ort`` / ``ceiling_ov`` / ``ceiling_ov_int8``: the same backend alone, one thread
+  per call, on the same frames, letterbox included, decoding not (frames are decoded before
+  the clock starts); with 2 calls at once and with 3 (as the shipped pipeline runs detect,
+  ``workers: 3``), the faster of the two is the ceiling;
 - ``ul_onnx``: Ultralytics ``YOLO(onnx).track(video, stream=True, tracker="bytetrack.yaml")``
   with the pipeline's thresholds (confidence 0.25, NMS IoU 0.7, every class);
 - ``ul_openvino``: the same on Ultralytics' own OpenVINO layout (``*_openvino_model/`` with
@@ -99,7 +100,7 @@ def pipeline_yaml(model: Path, out: Path, *, backend: str | None) -> Path:
     lines = [
         "device: cpu",
         "batch_size: 1",
-        "workers: 2",
+        "workers: 3",
         "on_error: fail",
         "stages:",
         "  - stage: detect",
@@ -116,9 +117,20 @@ def pipeline_yaml(model: Path, out: Path, *, backend: str | None) -> Path:
 
 
 def child_ceiling(
-    video: Path, model: Path, frames: int, warmup: int, *, backend: str | None, workers: int = 2
+    video: Path,
+    model: Path,
+    frames: int,
+    warmup: int,
+    *,
+    backend: str | None,
+    calls: tuple[int, ...] = (2, 3),
 ) -> dict[str, Any]:
-    """The backend alone, ``workers`` calls at once with one thread each, letterbox included."""
+    """The backend alone, one thread per call, letterbox included; the best of ``calls`` at once.
+
+    Both ways the pipeline could keep the cores busy are tried on the same loaded model (two
+    one-thread calls on two cores, or three so one waits its turn), and the faster is the
+    ceiling: a pipeline figure is never compared with a ceiling set lower than it could be.
+    """
     import common
 
     from engine.backends import load_backend
@@ -128,31 +140,35 @@ def child_ceiling(
     runner = load_backend(model, backend=backend, intra_op_num_threads=1)
     spec = runner.inputs[0]
     size_hw = (int(spec.shape[2] or 320), int(spec.shape[3] or 320))
-    latency_ms: list[list[float]] = [[] for _ in range(workers)]
 
-    def work(worker: int, indices: range) -> None:
-        buffer = np.empty((1, 3, *size_hw), np.float32)
-        for index in indices[worker::workers]:
-            begin = time.perf_counter()
-            blob, _ = letterbox_batch([pictures[index]], size_hw, out=buffer)
-            runner.run({spec.name: blob})
-            latency_ms[worker].append((time.perf_counter() - begin) * 1e3)
+    def run_all(indices: range, workers: int) -> tuple[float, list[float]]:
+        latency_ms: list[list[float]] = [[] for _ in range(workers)]
 
-    def run_all(indices: range) -> float:
-        threads = [threading.Thread(target=work, args=(worker, indices)) for worker in range(workers)]
+        def work(worker: int) -> None:
+            buffer = np.empty((1, 3, *size_hw), np.float32)
+            for index in indices[worker::workers]:
+                begin = time.perf_counter()
+                blob, _ = letterbox_batch([pictures[index]], size_hw, out=buffer)
+                runner.run({spec.name: blob})
+                latency_ms[worker].append((time.perf_counter() - begin) * 1e3)
+
+        threads = [threading.Thread(target=work, args=(worker,)) for worker in range(workers)]
         started = time.perf_counter()
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-        return time.perf_counter() - started
+        return time.perf_counter() - started, [value for values in latency_ms for value in values]
 
-    run_all(range(min(warmup, len(pictures))))
-    latency_ms = [[] for _ in range(workers)]
-    seconds = run_all(range(warmup, len(pictures)))
+    best: dict[str, Any] = {}
+    for workers in calls:
+        run_all(range(min(warmup, len(pictures))), workers)
+        seconds, timed = run_all(range(warmup, len(pictures)), workers)
+        if not best or len(timed) / seconds > best["frames"] / best["seconds"]:
+            best = {"frames": len(timed), "seconds": seconds, "latency_ms": timed, "unique_ids": None}
+            best["calls_at_once"] = workers
     runner.close()
-    timed = [value for values in latency_ms for value in values]
-    return {"frames": len(timed), "seconds": seconds, "latency_ms": timed, "unique_ids": None}
+    return best
 
 
 def child_ultralytics(video: Path, model: Path, frames: int, warmup: int) -> dict[str, Any]:

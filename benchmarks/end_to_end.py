@@ -12,7 +12,8 @@ On one video and one ONNX model, in one process, each configuration warmed up an
   vistream's overhead is measured against (each thread letterboxes its frame before the call,
   about 0.2 ms against 10 ms, so a whole video need not sit in memory as model inputs);
 - ``vistream_no_video``: ``vistream run --no-video`` (decode + detect + track + JSONL + MOT),
-  the default pipeline as shipped (``workers: 2``: two detect calls at once, one core each);
+  the default pipeline as shipped (``workers: 3``: three detect calls at once, one core each
+  for two of them);
 - ``vistream_no_video_1_worker``: the same with ``workers: 1`` (one detect call at a time on
   every core), to show what running detection ahead buys;
 - ``vistream_video``: the same plus annotate + H.264 ``annotated.mp4``;
@@ -164,7 +165,7 @@ def main() -> int:
 
     fps = {name: frame_count / statistics.median(seconds) for name, seconds in runs.items()}
     # Overhead against inference run the same way as the detect stage: two calls at once for
-    # the shipped pipeline (workers: 2), one call on every core for workers: 1.
+    # the shipped pipeline (workers: 3), one call on every core for workers: 1.
     model_s = statistics.median(runs["ort_model_only_2_at_once"])
     no_video_s = statistics.median(runs["vistream_no_video"])
     model_1_worker_s = statistics.median(runs["ort_model_only"])
