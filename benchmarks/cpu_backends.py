@@ -43,7 +43,7 @@ DESCRIPTIONS = {
     "vs_ort": "vistream `default` (detect + track), ONNX Runtime fp32",
     "vs_ov": "vistream `default`, OpenVINO auto (bf16 here)",
     "vs_ov_int8": "vistream `default`, OpenVINO NNCF int8",
-    "ceiling_ort": "model only, ONNX Runtime fp32 (2 calls at once, letterbox incl.)",
+    "ceiling_ort": "model only, ONNX Runtime fp32 (best of 2 and 3 calls at once, letterbox incl.)",
     "ceiling_ov": "model only, OpenVINO auto (bf16)",
     "ceiling_ov_int8": "model only, OpenVINO int8",
     "ul_onnx": "Ultralytics `track()` on the same ONNX",
