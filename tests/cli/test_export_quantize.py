@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +114,9 @@ def test_fp32_ir_runs_in_its_runtime_precision_and_passes_the_gate(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["openvino", "onnx"])
-def test_int8_exports_are_gated_on_held_out_frames(model: Path, tmp_path: Path, fmt: str) -> None:
+def test_int8_exports_are_gated_on_held_out_frames(
+    model: Path, tmp_path: Path, fmt: str, caplog: pytest.LogCaptureFixture
+) -> None:
     # A small calibration keeps CI short; the gate's verdict is what is tested (both outcomes
     # are legitimate on 16 frames), and the numbers must be the ones it printed.
     output = tmp_path / ("int8" if fmt == "openvino" else "int8.onnx")
@@ -126,13 +129,16 @@ def test_int8_exports_are_gated_on_held_out_frames(model: Path, tmp_path: Path, 
         check_frames=12,
         output=output,
     )
-    result = export_model(options, raise_on_mismatch=False)
+    with caplog.at_level(logging.INFO, logger="engine.cli.export.quantize"):
+        result = export_model(options, raise_on_mismatch=False)
     parity = result.parity
     assert result.output.is_file() and parity.frames == 12
     assert parity.reference_detections >= 20 and parity.matched > 0.5 * parity.reference_detections
     assert parity.passed == (min(parity.precision, parity.recall) >= 0.95)
     quantized = load_backend(result.output)
     assert "names" in quantized.metadata and quantized.metadata["stride"] == "32"
+    if fmt == "openvino":  # YOLO11's attention block: NNCF's transformer scheme
+        assert "attention found: transformer scheme" in caplog.text
     if fmt == "onnx":
         import onnx
 

@@ -4,7 +4,8 @@
   ``.bin``) in fp32; the precision is chosen when it runs (bf16 on a CPU that has it, see
   :mod:`engine.backends.openvino`).
 - ``--format openvino --int8 --calib SOURCE``: NNCF post-training quantization on frames of
-  SOURCE, letterboxed exactly like inference (:func:`engine.ops.cpu.letterbox_batch`).
+  SOURCE, letterboxed exactly like inference (:func:`engine.ops.cpu.letterbox_batch`); a
+  model with attention (YOLO11's C2PSA) is quantized with NNCF's transformer scheme.
 - ``--format onnx --int8 --calib SOURCE`` on an ``.onnx`` model: ONNX Runtime static int8
   (QDQ, per-channel weights), after raising the opset to 13+ (per-channel QDQ needs it).
 
@@ -104,7 +105,20 @@ def quantize_openvino(
         ignored = nncf.IgnoredScope(patterns=[f".*{re.escape(prefix)}.*"], validate=False) if prefix else None
         if prefix is None:
             logger.warning("%s has no /model.N/ node names: the detection head is quantized too", onnx_path)
-        logger.info("NNCF int8 on %d frames, keeping %s in float", len(blobs), prefix or "nothing")
+        # YOLO11's C2PSA block is attention (MatMul, Softmax). NNCF's transformer scheme
+        # quantizes such blocks the way they tolerate (SmoothQuant on the MatMuls, their
+        # surrounding elementwise ops kept in float). Measured with YOLO11n on 48 held-out
+        # frames per video (P, R against fp32), calibrated on 256 overpass frames: overpass
+        # 0.967, 0.978 -> 0.972, 0.967; motorway 0.934, 0.943 (fails the gate) -> 0.952,
+        # 0.961 (passes); and 10 % more model-only fps (165.8-171.7 against 149.5-157.5).
+        attention = any(op.get_type_name() == "MatMul" for op in model.get_ordered_ops())
+        extra: dict[str, Any] = {"model_type": nncf.ModelType.TRANSFORMER} if attention else {}
+        logger.info(
+            "NNCF int8 on %d frames, keeping %s in float%s",
+            len(blobs),
+            prefix or "nothing",
+            " (attention found: transformer scheme)" if attention else "",
+        )
         try:
             model = nncf.quantize(
                 model,
@@ -112,6 +126,7 @@ def quantize_openvino(
                 preset=nncf.QuantizationPreset.MIXED,
                 subset_size=len(blobs),
                 ignored_scope=ignored,
+                **extra,
             )
         except Exception as error:  # NNCF wraps failures in many types
             raise ModelError(
