@@ -26,6 +26,8 @@ What changes, and what does not:
 
 from __future__ import annotations
 
+import threading
+
 import cv2
 import numpy as np
 from numpy.typing import NDArray
@@ -35,6 +37,8 @@ from trackers.utils.state_representations import XYXYStateEstimator
 # step; a few entries cover several sources predicting in turn.
 _STEP_CACHE: dict[tuple[float, float | None, bytes], tuple[NDArray[np.float64], NDArray[np.float64]]] = {}
 _STEP_CACHE_SIZE = 64
+_STEP_CACHE_LOCK = threading.Lock()  # misses only: several pipelines may share a process
+_IDENTITY_8 = np.eye(8)
 
 
 class CachedStepXYXYEstimator(XYXYStateEstimator):
@@ -68,7 +72,7 @@ class CachedStepXYXYEstimator(XYXYStateEstimator):
         gain = covariance_ht @ inverse
         kf.kalman_gain = gain
         kf.state = kf.state + gain @ kf.innovation
-        correction = kf._identity.copy()  # I - K H
+        correction = _IDENTITY_8.copy()  # I - K H
         correction[:, :4] -= gain
         kf.state_covariance = correction @ covariance @ correction.T + gain @ kf.measurement_noise @ gain.T
         kf.state_post = kf.state
@@ -82,9 +86,11 @@ class CachedStepXYXYEstimator(XYXYStateEstimator):
         found = _STEP_CACHE.get(key)
         if found is None:
             # The library's motion model builds them, so gap scaling (DWNA) stays its own.
+            # They are shared, never changed in place (the library only reassigns them).
             self.motion.apply(self.kf, frame_step, frame_rate)
             found = (self.kf.transition_mtx, self.kf.process_noise)
-            if len(_STEP_CACHE) >= _STEP_CACHE_SIZE:
-                _STEP_CACHE.pop(next(iter(_STEP_CACHE)))
-            _STEP_CACHE[key] = found
+            with _STEP_CACHE_LOCK:
+                if len(_STEP_CACHE) >= _STEP_CACHE_SIZE:
+                    _STEP_CACHE.pop(next(iter(_STEP_CACHE)))
+                _STEP_CACHE[key] = found
         return found

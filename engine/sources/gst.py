@@ -120,6 +120,14 @@ def gstreamer_available() -> bool:
     return _gst() is not None
 
 
+def _limit_decoder_threads(_pipeline: Any, _bin: Any, element: Any, threads: int) -> None:
+    """``deep-element-added`` handler: give FFmpeg decoders ``threads`` (module docstring)."""
+    factory = element.get_factory()
+    if factory is not None and factory.get_name().startswith("avdec_"):
+        if element.find_property("max-threads") is not None:
+            element.set_property("max-threads", threads)
+
+
 class GstSource:
     """A :class:`~engine.sources.base.Source` decoded by GStreamer.
 
@@ -353,7 +361,9 @@ class GstSource:
                 f"cannot build the GStreamer pipeline for {self.uri}: {error.message}"
             ) from None
         # Decoders are created inside the bins once the stream is typed: set them up then.
-        pipeline.connect("deep-element-added", self._on_element_added)
+        # A plain function with the count, not a bound method: the pipeline must not hold
+        # this source alive (its finalizer stops the pipeline when the source is dropped).
+        pipeline.connect("deep-element-added", _limit_decoder_threads, self._decoder_threads)
         source = pipeline.get_by_name("src")
         target = self._target
         # Locations are set as properties, not spliced into the launch string: paths and
@@ -383,12 +393,6 @@ class GstSource:
         if pipeline.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
             self._poll_bus(Gst)
             raise self._error or SourceError(f"cannot start the GStreamer pipeline for {self.uri}")
-
-    def _on_element_added(self, _pipeline: Any, _bin: Any, element: Any) -> None:
-        factory = element.get_factory()
-        if factory is not None and factory.get_name().startswith("avdec_"):
-            if element.find_property("max-threads") is not None:
-                element.set_property("max-threads", self._decoder_threads)
 
     def _wait_first_sample(self, Gst: Any) -> Any:
         deadline = time.monotonic() + self._connect_timeout_s
