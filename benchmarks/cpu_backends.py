@@ -165,8 +165,13 @@ def child_ceiling(
         run_all(range(min(warmup, len(pictures))), workers)
         seconds, timed = run_all(range(warmup, len(pictures)), workers)
         if not best or len(timed) / seconds > best["frames"] / best["seconds"]:
-            best = {"frames": len(timed), "seconds": seconds, "latency_ms": timed, "unique_ids": None}
-            best["calls_at_once"] = workers
+            best = {
+                "frames": len(timed),
+                "seconds": seconds,
+                "latency_ms": timed,
+                "unique_ids": None,
+                "calls_at_once": workers,
+            }
     runner.close()
     return best
 

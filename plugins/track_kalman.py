@@ -19,8 +19,8 @@ What changes, and what does not:
   all its tracklets).
 - The innovation covariance is inverted with OpenCV (``cv2.invert``, LU), a single C call.
 - Products with the observation matrix ``H = [I | 0]`` are slices (the same values).
-- Everything else is the library's algebra, in the same order: ``x = F x``,
-  ``P = F P F^T + Q``; Joseph-form update. Predictions agree with the library's to
+- Everything else is the library's algebra, in the same order: its own ``predict``
+  (``x = F x``, ``P = F P F^T + Q``); the Joseph-form update. Predictions agree with the library's to
   floating-point rounding (``tests/plugins/test_track.py``).
 """
 
@@ -46,14 +46,8 @@ class CachedStepXYXYEstimator(XYXYStateEstimator):
 
     def predict(self, frame_step: float = 1.0, frame_rate: float | None = None) -> None:
         """Predict one Kalman step of ``frame_step`` frames (as the library does)."""
-        transition, process_noise = self._step_matrices(frame_step, frame_rate)
-        kf = self.kf
-        kf.transition_mtx = transition
-        kf.process_noise = process_noise
-        kf.state = transition @ kf.state
-        kf.state_covariance = transition @ kf.state_covariance @ transition.T + process_noise
-        kf.state_prior = kf.state
-        kf.state_covariance_prior = kf.state_covariance
+        self.kf.transition_mtx, self.kf.process_noise = self._step_matrices(frame_step, frame_rate)
+        self.kf.predict()  # the library's own predict with the shared matrices
 
     def update(self, bbox: np.ndarray | None) -> None:
         """Correct the state with an observed box ``[x1, y1, x2, y2]`` (None: no observation)."""

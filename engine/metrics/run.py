@@ -193,9 +193,9 @@ class RunMetrics:
     def record_output(self, batch: Batch, now_ns: int) -> None:
         """Record frames that reached the sinks: latency, counts, classes and track ids."""
         with self.lock:
+            self.last_output_ns = now_ns
             for frame in batch:
                 age_ms = (now_ns - frame.capture_ns) / 1e6
-                self.last_output_ns = now_ns
                 self.frames_out[frame.source_id] += 1
                 self.end_to_end_ms.add(age_ms)
                 self.frame_age_ms[frame.source_id].add(age_ms)

@@ -107,10 +107,10 @@ def quantize_openvino(
             logger.warning("%s has no /model.N/ node names: the detection head is quantized too", onnx_path)
         # YOLO11's C2PSA block is attention (MatMul, Softmax). NNCF's transformer scheme
         # quantizes such blocks the way they tolerate (SmoothQuant on the MatMuls, their
-        # surrounding elementwise ops kept in float). Measured with YOLO11n on 48 held-out
-        # frames per video (P, R against fp32), calibrated on 256 overpass frames: overpass
-        # 0.967, 0.978 -> 0.972, 0.967; motorway 0.934, 0.943 (fails the gate) -> 0.952,
-        # 0.961 (passes); and 10 % more model-only fps (165.8-171.7 against 149.5-157.5).
+        # surrounding elementwise ops kept in float). Measured with YOLO11n, calibrated on
+        # 256 overpass frames (P, R against fp32 on 48 held-out frames): overpass 0.967,
+        # 0.978 -> 0.972, 0.967; motorway 0.929, 0.907 -> 0.957, 0.949, at the gate's edge
+        # (README "CPU inference"); and about 10 % more model-only fps.
         attention = any(op.get_type_name() == "MatMul" for op in model.get_ordered_ops())
         extra: dict[str, Any] = {"model_type": nncf.ModelType.TRANSFORMER} if attention else {}
         logger.info(
