@@ -5,7 +5,8 @@ NMS IoU 0.7), same classes (car, truck, bus, motorcycle), same camera calibratio
 
 - ``vistream``: the shipped ``traffic`` pipeline (detect + ByteTrack + homography speed),
   drawing stages off, writing its JSONL events and MOT tracks (as ``vistream run --no-video``);
-  as shipped, three detect calls run at once (``workers: 3``, one inference thread each);
+  as shipped, two detect calls of up to three frames run at once (``batch_size: 3``,
+  ``workers: 2``, one inference thread each);
 - ``vistream_1_worker``: the same with ``workers: 1`` (one detect call at a time, on every
   core): what running detection ahead buys, and what it costs in per-frame latency;
 - ``ultralytics``: ``solutions.SpeedEstimator`` (which runs ``YOLO(model).track(...,

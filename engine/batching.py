@@ -290,7 +290,7 @@ class Batcher:
                 if frames:
                     first_frame_s = first_frame_s or now_s
                     wait_s = first_frame_s + self.max_wait_s - now_s
-                    if wait_s <= 0 or self._no_more_frames_soon():
+                    if wait_s <= 0 or self._no_more_frames_soon(frames):
                         return Batch(frames)
                 self._condition.wait(min(wait_s, _POLL_S))
 
@@ -330,9 +330,19 @@ class Batcher:
     def _blocked_by_marker(self) -> bool:
         return any(reader.items and not isinstance(reader.items[0], Frame) for reader in self.readers)
 
-    def _no_more_frames_soon(self) -> bool:
-        """True when no reader can add a frame to the batch (all stopping or ended)."""
-        return all(reader.ended or reader.stopping or reader.capped for reader in self.readers)
+    def _no_more_frames_soon(self, frames: list[Frame]) -> bool:
+        """True when no reader can add a frame to the batch soon: each is stopping or ended,
+        or is a live (``latest``) reader whose frame is already in it, whose next frame
+        comes a camera frame period later (33 ms at 30 fps, more than ``max_wait_ms``).
+        So one live camera's frames never wait for a batch to fill."""
+        in_batch = {frame.source_id for frame in frames}
+        return all(
+            reader.ended
+            or reader.stopping
+            or reader.capped
+            or (reader.policy == "latest" and reader.source_id in in_batch)
+            for reader in self.readers
+        )
 
     def _stop_requested_readers(self) -> None:
         """Stop readers that reached ``max_frames``, or all of them on a stop request

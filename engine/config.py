@@ -173,6 +173,8 @@ def _check_stage_timeout(value: Any) -> float | str:
     """``"auto"``, ``"off"``, or seconds in (0, 3600] (a numeric string is taken as seconds)."""
     if value in ("auto", "off"):
         return str(value)
+    if value is False:  # YAML 1.1 reads a bare `off` as false
+        return "off"
     if isinstance(value, str):
         try:
             value = float(value)

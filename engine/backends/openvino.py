@@ -338,7 +338,10 @@ class OpenVinoBackend(LoadedSpecs):
                 # and none of the per-call dispatch work of ``infer(dict)`` (a third of this
                 # call's own CPU time here).
                 request.set_input_tensor(index, self._ov.Tensor(array, shared_memory=True))
-            request.infer()
+            # start_async + wait rather than infer: the waiting caller costs less CPU (about
+            # 0.06 ms a call on this machine with three calls in flight), the result is the same.
+            request.start_async()
+            request.wait()
             # Copied out, so the next call on this request cannot overwrite them.
             return {
                 spec.name: request.get_output_tensor(index).data.copy()

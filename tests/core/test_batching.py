@@ -159,12 +159,18 @@ class _StepClock:
 
 
 def _gated_run(
-    batch_size: int, max_wait_ms: float, clock: _StepClock, *, release_per_batch: int, frames: int
+    batch_size: int,
+    max_wait_ms: float,
+    clock: _StepClock,
+    *,
+    release_per_batch: int,
+    frames: int,
+    policy: str = "all",
 ) -> list[int]:
     condition = threading.Condition()
     source = _GatedSource(frames)
     info = source.open()
-    reader = FeedReader(Feed(source, "all"), info, condition, read_ahead_frames=frames)
+    reader = FeedReader(Feed(source, policy), info, condition, read_ahead_frames=frames)
     batcher = _batcher([reader], condition, batch_size=batch_size, max_wait_ms=max_wait_ms, clock=clock)
     for _ in range(release_per_batch):
         source.release.release()
@@ -193,3 +199,12 @@ def test_an_incomplete_batch_waits_while_the_clock_stands_still() -> None:
     # batch (or the end of the source) sends one.
     sizes = _gated_run(batch_size=4, max_wait_ms=5, clock=_StepClock(0.0), release_per_batch=8, frames=8)
     assert sizes == [4, 4]
+
+
+def test_a_live_cameras_frame_does_not_wait_for_a_batch_it_alone_would_fill() -> None:
+    # The camera's next frame is a frame period away: with its frame in the batch, there is
+    # nothing to wait for, even while time stands still (max_wait never passes).
+    sizes = _gated_run(
+        batch_size=3, max_wait_ms=5, clock=_StepClock(0.0), release_per_batch=1, frames=4, policy="latest"
+    )
+    assert sizes == [1] * 4

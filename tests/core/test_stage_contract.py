@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
+import yaml
 
-from engine.config import PipelineSettings
-from engine.errors import StageContractError, StageTimeoutError
+from engine.config import PipelineSettings, parse_pipeline
+from engine.errors import ConfigError, StageContractError, StageTimeoutError
 from engine.frame import Batch
 from engine.pipeline import Pipeline
 from engine.run_ahead import StageRun, StageWatchdog, run_stages
@@ -102,6 +104,16 @@ def test_the_watchdog_is_on_for_live_sources_and_off_for_files_by_default() -> N
     assert settings.stage_timeout_for(live=False) is None
     assert PipelineSettings(stage_timeout_s="off").stage_timeout_for(live=True) is None
     assert PipelineSettings(stage_timeout_s="2.5").stage_timeout_for(live=False) == 2.5
+
+
+def test_a_bare_yaml_off_turns_the_watchdog_off(tmp_path: Path) -> None:
+    # YAML 1.1 reads `off` as false: the documented spelling must still work.
+    document = yaml.safe_load("stage_timeout_s: off\nstages:\n  - stage: track\n")
+    spec = parse_pipeline(document, config_dir=tmp_path)
+    assert spec.settings.stage_timeout_s == "off"
+    assert spec.settings.stage_timeout_for(live=True) is None
+    with pytest.raises(ConfigError, match="stage_timeout_s"):
+        PipelineSettings(stage_timeout_s=True)
 
 
 class _ThreadRecorder(BaseStage):

@@ -6,6 +6,9 @@
 - ``--format openvino --int8 --calib SOURCE``: NNCF post-training quantization on frames of
   SOURCE, letterboxed exactly like inference (:func:`engine.ops.cpu.letterbox_batch`); a
   model with attention (YOLO11's C2PSA) is quantized with NNCF's transformer scheme.
+- Either IR takes any batch: a model exported with a fixed batch of 1 gets its batch axis
+  freed (:mod:`engine.cli.export.batch_axis`, checked against single runs), so a pipeline
+  can give it several frames per call.
 - ``--format onnx --int8 --calib SOURCE`` on an ``.onnx`` model: ONNX Runtime static int8
   (QDQ, per-channel weights), after raising the opset to 13+ (per-channel QDQ needs it).
 
@@ -30,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.cli.export.batch_axis import free_batch_axis
 from engine.errors import ModelError
 from engine.ops.cpu import letterbox_batch
 
@@ -94,6 +98,9 @@ def quantize_openvino(
         model = ov.Core().read_model(str(onnx_path))
     except RuntimeError as error:
         raise ModelError(f"OpenVINO cannot read {onnx_path}: {str(error).splitlines()[0]}") from error
+    # Two different inputs (seeded noise: the check compares graph arithmetic, not detections).
+    noise = np.random.default_rng(0).random((2, 1, 3, *imgsz), dtype=np.float32)
+    model = free_batch_axis(model, list(noise))
     if calib_frames is not None:
         try:
             import nncf
