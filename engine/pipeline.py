@@ -200,7 +200,12 @@ class Pipeline:
                 self.metrics.update_source(
                     info.source_id, state="down" if _supervised(feed) else "up", frames_in=0, frames_dropped=0
                 )
-            context = Context(device=settings.device, sources=self._infos, config_dir=self.config_dir)
+            context = Context(
+                device=settings.device,
+                sources=self._infos,
+                config_dir=self.config_dir,
+                batch_size=settings.batch_size,
+            )
             ahead_stages = self.ahead_stages()
             self._watchdog = self._make_watchdog()
             for named in self.stages:

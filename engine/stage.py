@@ -37,12 +37,15 @@ class Context:
             than 1 only for leading ``concurrent`` stages of a pipeline with ``workers``); a
             stage sizes its own thread use by it, e.g. ``detect`` gives each model call
             ``cores // workers`` threads.
+        batch_size: The most frames a call gets (the pipeline's ``batch_size``); e.g.
+            ``detect`` warms its model up at that size too.
     """
 
     device: Device = CPU
     sources: Mapping[str, SourceInfo] = field(default_factory=dict)
     config_dir: Path = Path(".")
     workers: int = 1
+    batch_size: int = 1
 
 
 @runtime_checkable

@@ -235,7 +235,7 @@ class YoloDetector(BaseStage):
         self._torch_device = str(backend.device) if backend.device.is_cuda else None
         try:
             self._configure(backend)
-            self._warm_up(backend)
+            self._warm_up(backend, context.batch_size)
         except BaseException:
             backend.close()
             raise
@@ -334,15 +334,17 @@ class YoloDetector(BaseStage):
         self._fixed_batch = image_input.shape[0]
         self._output_checked = channels is not None
 
-    def _warm_up(self, backend: InferenceBackend) -> None:
-        # The first run allocates and plans memory; pay it here, not on the first frame.
-        shape = (self._fixed_batch or 1, 3, *self._input_hw)
-        blob: Any = np.full(shape, _PAD_VALUE / 255, self._input_dtype)
-        if self._torch_device is not None:
-            import torch
+    def _warm_up(self, backend: InferenceBackend, batch_size: int) -> None:
+        # The first run allocates and plans memory (OpenVINO compiles each batch size it
+        # sees); pay it here for one frame and for a full batch, not on the first frames.
+        sizes = [self._fixed_batch] if self._fixed_batch else sorted({1, max(1, batch_size)})
+        for size in sizes:
+            blob: Any = np.full((size, 3, *self._input_hw), _PAD_VALUE / 255, self._input_dtype)
+            if self._torch_device is not None:
+                import torch
 
-            blob = torch.from_numpy(blob).to(self._torch_device)
-        self._check_output(backend.run({self._input_name: blob})[self._output_name])
+                blob = torch.from_numpy(blob).to(self._torch_device)
+            self._check_output(backend.run({self._input_name: blob})[self._output_name])
 
     def _check_output(self, output: np.ndarray) -> None:
         if self._output_checked:

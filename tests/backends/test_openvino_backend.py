@@ -131,6 +131,21 @@ def test_concurrent_calls_each_get_their_own_request(model: Path, blobs: np.ndar
     backend.close()
 
 
+def test_a_free_batch_ir_runs_any_batch_on_static_compiles(
+    model: Path, blobs: np.ndarray, tmp_path: Path
+) -> None:
+    from engine.cli.export.quantize import quantize_openvino
+
+    xml = quantize_openvino(model, tmp_path / "free.xml", None, (320, 320))  # frees the batch axis
+    backend = load_backend(xml, precision="f32")
+    assert backend.inputs[0].shape[0] is None and backend.outputs[0].shape[0] is None
+    alone = [backend.run({"images": blobs[i : i + 1]})["output0"] for i in range(3)]
+    together = backend.run({"images": blobs[:3]})["output0"]
+    assert together.shape == (3, 84, 2100) and alone[0].shape == (1, 84, 2100)
+    np.testing.assert_allclose(together, np.concatenate(alone), atol=1e-3)
+    backend.close()
+
+
 def test_ultralytics_metadata_yaml_beside_an_ir(model: Path, tmp_path: Path) -> None:
     read = ov.Core().read_model(str(model))
     bare = ov.Model(read.get_results(), read.get_parameters(), "bare")  # a new model: no rt_info

@@ -207,17 +207,19 @@ class _NotThreadSafe:
                 self._running -= 1
 
 
-def _run_detect(video: Path, workers: int, frames: int) -> tuple[list[Frame], Pipeline]:
+def _run_detect(video: Path, workers: int, frames: int, batch_size: int = 1) -> tuple[list[Frame], Pipeline]:
     detector = YoloDetector(model=shared_path("models/yolo11n_fp32_320.onnx"))
     sink = MemorySink()
-    pipeline = Pipeline([NamedStage("detect", detector)], PipelineSettings(workers=workers))
+    settings = PipelineSettings(workers=workers, batch_size=batch_size)
+    pipeline = Pipeline([NamedStage("detect", detector)], settings)
     pipeline.run(open_source(str(video), source_id="highway"), [sink], max_frames=frames)
     return sink.frames, pipeline
 
 
-def test_detect_on_two_workers_gives_the_same_detections(highway_video: Path) -> None:
+@pytest.mark.parametrize("batch_size", [1, 3])  # 3: the shipped pipelines' setting
+def test_detect_on_two_workers_gives_the_same_detections(highway_video: Path, batch_size: int) -> None:
     serial, _ = _run_detect(highway_video, workers=1, frames=40)
-    ahead, pipeline = _run_detect(highway_video, workers=2, frames=40)
+    ahead, pipeline = _run_detect(highway_video, workers=2, frames=40, batch_size=batch_size)
     assert [named.name for named in pipeline.ahead_stages()] == ["detect"]
     assert frame_indices(ahead) == frame_indices(serial) == list(range(40))
     for one, other in zip(serial, ahead, strict=True):
