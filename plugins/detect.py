@@ -335,9 +335,10 @@ class YoloDetector(BaseStage):
         self._output_checked = channels is not None
 
     def _warm_up(self, backend: InferenceBackend, batch_size: int) -> None:
-        # The first run allocates and plans memory (OpenVINO compiles each batch size it
-        # sees); pay it here for one frame and for a full batch, not on the first frames.
-        sizes = [self._fixed_batch] if self._fixed_batch else sorted({1, max(1, batch_size)})
+        # The first run of each batch size allocates and plans memory (OpenVINO compiles a
+        # model per batch size, 0.3 s for YOLO11n here); pay it here, one call per size the
+        # pipeline can give (a batch is partial when frames are scarce), not mid-run.
+        sizes = [self._fixed_batch] if self._fixed_batch else range(1, max(1, batch_size) + 1)
         for size in sizes:
             blob: Any = np.full((size, 3, *self._input_hw), _PAD_VALUE / 255, self._input_dtype)
             if self._torch_device is not None:
