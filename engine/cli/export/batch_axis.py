@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from engine.backends.openvino import with_batch
+
 logger = logging.getLogger(__name__)
 
 #: Largest difference allowed between a batched output and the same input run alone
@@ -91,14 +93,8 @@ def free_batch_axis(model: Any, blobs: list[np.ndarray]) -> Any:
         copied[0] = 0  # special_zero: take the batch from the input
         op.input(1).replace_source_output(opset13.constant(copied).output(0))
     try:
-        free = ov.PartialShape(shape)
-        free[0] = ov.Dimension()
-        candidate.reshape({candidate.inputs[0]: free})
-        batch_of_two = candidate.clone()
-        two = ov.PartialShape(shape)
-        two[0] = ov.Dimension(2)
-        batch_of_two.reshape({batch_of_two.inputs[0]: two})
-        agrees = _agrees(batch_of_two, model, blobs[:2], ov)
+        candidate = with_batch(candidate, None)
+        agrees = _agrees(with_batch(candidate, 2), model, blobs[:2], ov)
     except RuntimeError as error:
         logger.info("the batch stays fixed at 1: %s", str(error).strip().splitlines()[0])
         return model
