@@ -135,8 +135,13 @@ def test_int8_exports_are_gated_on_held_out_frames(
     assert result.output.is_file() and parity.frames == 12
     assert parity.reference_detections >= 20 and parity.matched > 0.5 * parity.reference_detections
     assert parity.passed == (min(parity.precision, parity.recall) >= 0.95)
+    # An int8 export fits the square model to its 320x240 calibration frames.
+    assert result.imgsz == (256, 320) and "input resized to 256x320" in caplog.text
+    agreement = result.input_agreement
+    assert agreement.reference_detections >= 20 and min(agreement.precision, agreement.recall) >= 0.85
     quantized = load_backend(result.output)
     assert "names" in quantized.metadata and quantized.metadata["stride"] == "32"
+    assert quantized.metadata["imgsz"] == "[256, 320]" and quantized.inputs[0].shape[2:] == (256, 320)
     if fmt == "openvino":  # YOLO11's attention block: NNCF's transformer scheme
         assert "attention found: transformer scheme" in caplog.text
     if fmt == "onnx":

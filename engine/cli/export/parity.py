@@ -27,7 +27,7 @@ import numpy as np
 
 from engine.backends.base import InferenceBackend
 from engine.errors import ModelError
-from engine.ops.cpu import letterbox_batch
+from engine.ops.cpu import letterbox_batch, letterbox_params
 from plugins.yolo_decode import box_iou, decode_batch, match_detections
 
 
@@ -351,6 +351,7 @@ def detection_agreement(
     *,
     imgsz: tuple[int, int],
     precision_name: str,
+    candidate_imgsz: tuple[int, int] | None = None,
     confidence: float = 0.25,
     iou: float = 0.7,
     iou_match: float = 0.5,
@@ -363,6 +364,8 @@ def detection_agreement(
         candidate: The quantized or reduced-precision model.
         frames: BGR uint8 frames not used for calibration.
         imgsz: Letterbox size ``(height, width)``.
+        candidate_imgsz: The candidate's letterbox size when it differs (a model resized by
+            :mod:`engine.cli.export.input_size`); boxes are then compared in frame pixels.
         precision_name: What the candidate runs in (``int8``, ``bf16``...), for messages.
         confidence: Detection threshold (the ``detect`` stage's default).
         iou: NMS IoU threshold.
@@ -383,15 +386,20 @@ def detection_agreement(
         iou_match=iou_match,
         minimum=minimum,
     )
-    decoded = [
-        decode_batch(
-            raw_outputs(backend, frames, imgsz).astype(np.float32),
+    decoded = []
+    for backend, size in ((reference, imgsz), (candidate, candidate_imgsz or imgsz)):
+        detections = decode_batch(
+            raw_outputs(backend, frames, size).astype(np.float32),
             confidence=confidence,
             iou=iou,
             max_detections=300,
         )
-        for backend in (reference, candidate)
-    ]
+        if candidate_imgsz not in (None, imgsz):  # two letterboxes: compare in frame pixels
+            detections = [
+                (letterbox_params(frame.shape[:2], size).boxes_to_source(boxes), scores, classes)
+                for frame, (boxes, scores, classes) in zip(frames, detections, strict=True)
+            ]
+        decoded.append(detections)
     for ref, cand in zip(*decoded, strict=True):
         rows, _, _ = match_detections(ref, cand, iou_threshold=iou_match)
         report.reference_detections += len(ref[1])

@@ -9,6 +9,9 @@
 - Either IR takes any batch: a model exported with a fixed batch of 1 gets its batch axis
   freed (:mod:`engine.cli.export.batch_axis`, checked against single runs), so a pipeline
   can give it several frames per call.
+- An int8 export (or any with ``--input-size auto|HxW``) first fits a square model's input to
+  the frames (:mod:`engine.cli.export.input_size`: 320x240 video into a 320 model gives
+  256x320, about 1.2x the fps); ``--input-size square`` keeps the model's own.
 - ``--format onnx --int8 --calib SOURCE`` on an ``.onnx`` model: ONNX Runtime static int8
   (QDQ, per-channel weights), after raising the opset to 13+ (per-channel QDQ needs it).
 
@@ -20,6 +23,9 @@ Then the gate (:func:`engine.cli.export.parity.detection_agreement`): detections
 export against the fp32 ONNX model under ONNX Runtime, on held-out frames (never used for
 calibration), precision and recall of matched boxes at IoU >= 0.5 both >= 0.95, or the
 export fails showing the numbers. An fp32 IR is gated in the precision it will run in.
+The reference runs at the export's own input size, so the gate measures the precision alone;
+a resized input is measured apart, against the square input in frame pixels, reported, and
+refused below :data:`INPUT_AGREEMENT_MIN` (a broken rewrite, which the gate cannot see).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import logging
 import re
 import tempfile
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +51,8 @@ QDQ_MIN_OPSET = 13
 #: The opset an older model is converted to for ONNX Runtime static int8.
 QDQ_OPSET = 17
 _MODULE = re.compile(r"/model\.(\d+)/")
+#: Least precision and recall of a resized input's fp32 detections against the square input's.
+INPUT_AGREEMENT_MIN = 0.85
 
 
 def split_frames(
@@ -217,58 +226,143 @@ def openvino_output(source: Path, output: Path | None, int8: bool) -> Path:
     return folder / f"{source.stem}.xml"
 
 
-def export_cpu(options: Any, onnx_path: Path, imgsz: int) -> tuple[Path, Any]:
+@dataclass
+class CpuExport:
+    """What :func:`export_cpu` wrote and measured.
+
+    Attributes:
+        output: The IR's ``.xml`` or the int8 ``.onnx``.
+        gate: The :class:`~engine.cli.export.parity.AgreementReport` of the export against
+            the fp32 model at the same input size (None with ``--no-check``).
+        input_hw: The exported model's input (height, width).
+        input_agreement: For a resized input only: the fp32 model at ``input_hw`` against
+            the square source, compared in frame pixels (reported, not gated).
+    """
+
+    output: Path
+    gate: Any
+    input_hw: tuple[int, int]
+    input_agreement: Any = None
+
+
+def _resized_onnx(onnx_path: Path, hw: tuple[int, int], folder: Path) -> Path:
+    """``onnx_path`` rewritten for an input of ``hw`` (:mod:`engine.cli.export.input_size`)."""
+    import onnx
+
+    from engine.cli.export.input_size import resize_yolo_input
+
+    try:
+        model = onnx.load(str(onnx_path))
+    except Exception as error:  # onnx raises DecodeError and others
+        raise ModelError(f"cannot read {onnx_path} as ONNX: {error}") from error
+    model = resize_yolo_input(model, hw)
+    resized = folder / f"{onnx_path.stem}_{hw[0]}x{hw[1]}.onnx"
+    onnx.save(model, str(resized))
+    logger.info(
+        "input resized to %dx%d (height x width) from the square %s: letterbox padding only up "
+        "to a multiple of 32, as Ultralytics' predictor does",
+        hw[0],
+        hw[1],
+        onnx_path.name,
+    )
+    return resized
+
+
+def _check_input_agreement(report: Any) -> None:
+    """Refuse a resized input whose detections stray from the square input's.
+
+    Two letterboxes of one network agree closely (YOLO11n, 320x256 against 320x320: 0.96 /
+    0.95 on both traffic videos), so a lower agreement means the rewrite broke the model,
+    which the int8 gate (against the fp32 model at the same, resized input) cannot see.
+    """
+    if report.reference_detections and min(report.precision, report.recall) < INPUT_AGREEMENT_MIN:
+        raise ModelError(
+            f"the resized input ({report.precision_name}) agrees with the square input only at "
+            f"precision {report.precision:.3f} recall {report.recall:.3f} (< {INPUT_AGREEMENT_MIN}); "
+            "export with --input-size square"
+        )
+
+
+def export_cpu(options: Any, onnx_path: Path, imgsz: int) -> CpuExport:
     """Run the OpenVINO or ONNX Runtime int8 export of ``options`` and its gate.
 
     Args:
         options: The :class:`engine.cli.export.model.ExportOptions`.
         onnx_path: The fp32 ONNX model (the source, or exported from it).
-        imgsz: Square letterbox size.
-
-    Returns:
-        The written model and its :class:`~engine.cli.export.parity.AgreementReport`
-        (None with ``--no-check``).
+        imgsz: Its square input size.
     """
     from engine.backends.onnxruntime import OnnxRuntimeBackend
+    from engine.cli.export.input_size import fitted_hw
     from engine.cli.export.model import check_frames
     from engine.cli.export.parity import detection_agreement
 
-    hw = (imgsz, imgsz)
     calib, held_out = None, None
     if options.int8:
         calib, held_out = split_frames(
             options.calib, options.calib_frames, options.gate_frames, options.check_source
         )
-    elif options.check and (options.check_source or options.calib) is not None:
+    elif (options.check or options.input_hw == "auto") and (
+        options.check_source or options.calib
+    ) is not None:
         held_out = check_frames(options.check_source or options.calib, options.gate_frames)
     elif options.check:
         # Synthetic scenes hold no objects a trained detector finds: nothing to gate on.
         logger.warning("no frames to check %s on: give --check-source VIDEO", options.source.name)
-    candidate: Any
-    if options.format == "openvino":
-        from engine.backends.openvino import OpenVinoBackend
-
-        output = quantize_openvino(
-            onnx_path, openvino_output(options.source, options.output, options.int8), calib, hw
-        )
-        candidate = OpenVinoBackend(output)
+    size = options.input_hw
+    if size == "auto":
+        hw = fitted_hw((frame.shape for frame in [*(calib or []), *(held_out or [])]), imgsz)
     else:
-        if calib is None:  # pragma: no cover - validate() demands --calib with --int8
-            raise ModelError("ONNX Runtime int8 needs calibration frames (--calib)")
-        default = options.source.parent / f"{options.source.stem}_int8_qdq.onnx"
-        output = quantize_onnxruntime(onnx_path, options.output or default, calib, hw)
-        candidate = OnnxRuntimeBackend(output, intra_op_num_threads=1)
-    logger.info("wrote %s", output)
-    if not options.check or held_out is None:
-        return output, None
-    reference = OnnxRuntimeBackend(onnx_path)
-    try:
-        candidate.load()
-        name = "int8" if options.int8 else getattr(candidate, "inference_precision", "fp32")
-        report = detection_agreement(
-            reference, candidate, held_out, imgsz=hw, precision_name=name, confidence=options.check_confidence
-        )
-    finally:
-        reference.close()
-        candidate.close()
-    return output, report
+        hw = (imgsz, imgsz) if size == "square" else size
+    with tempfile.TemporaryDirectory(prefix="vistream-input-") as scratch:
+        model_path = onnx_path if hw == (imgsz, imgsz) else _resized_onnx(onnx_path, hw, Path(scratch))
+        candidate: Any
+        if options.format == "openvino":
+            from engine.backends.openvino import OpenVinoBackend
+
+            output = quantize_openvino(
+                model_path, openvino_output(options.source, options.output, options.int8), calib, hw
+            )
+            candidate = OpenVinoBackend(output)
+        else:
+            if calib is None:  # pragma: no cover - validate() demands --calib with --int8
+                raise ModelError("ONNX Runtime int8 needs calibration frames (--calib)")
+            default = options.source.parent / f"{options.source.stem}_int8_qdq.onnx"
+            output = quantize_onnxruntime(model_path, options.output or default, calib, hw)
+            candidate = OnnxRuntimeBackend(output, intra_op_num_threads=1)
+        logger.info("wrote %s", output)
+        result = CpuExport(output=output, gate=None, input_hw=hw)
+        if not options.check or held_out is None:
+            return result
+        reference = OnnxRuntimeBackend(model_path)
+        try:
+            candidate.load()
+            name = "int8" if options.int8 else getattr(candidate, "inference_precision", "fp32")
+            # The gate holds the export to the fp32 model at the same input: what it checks
+            # is the precision. A resized input is a different letterbox, measured apart.
+            result.gate = detection_agreement(
+                reference,
+                candidate,
+                held_out,
+                imgsz=hw,
+                precision_name=name,
+                confidence=options.check_confidence,
+            )
+            if model_path != onnx_path:
+                square = OnnxRuntimeBackend(onnx_path)
+                try:
+                    result.input_agreement = detection_agreement(
+                        square,
+                        reference,
+                        held_out,
+                        imgsz=(imgsz, imgsz),
+                        candidate_imgsz=hw,
+                        precision_name=f"fp32 {hw[0]}x{hw[1]}",
+                        confidence=options.check_confidence,
+                    )
+                finally:
+                    square.close()
+                _check_input_agreement(result.input_agreement)
+        finally:
+            reference.close()
+            candidate.close()
+    return result
