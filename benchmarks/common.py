@@ -157,10 +157,13 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, ali
 
 def machine_line(machine: dict[str, Any]) -> str:
     """One line describing the machine (see :func:`engine.metrics.resources.machine_description`)."""
+    from engine.metrics.resources import cpu_features_text  # after sys.path has the repo
+
     memory = f", {machine['memory_gb']} GB RAM" if "memory_gb" in machine else ""
     load = f", load average {machine['load_average'][0]} at the start" if "load_average" in machine else ""
     return (
-        f"{machine.get('cpu')}, {machine.get('cpus')} CPUs{memory}{load}; GPU: {machine.get('gpu')}; "
+        f"{machine.get('cpu')}{cpu_features_text(machine)}, {machine.get('cpus')} CPUs{memory}{load}; "
+        f"GPU: {machine.get('gpu')}; "
         f"{machine.get('platform')}, Python {machine.get('python')}"
     )
 

@@ -4,10 +4,10 @@ Tools (each run in its own process by ``compare.py``, alternating, medians of th
 
 - ``vs_ort`` / ``vs_ov`` / ``vs_ov_int8``: the shipped ``default`` pipeline (detect + ByteTrack,
   every class, as ``vistream run VIDEO --no-video``) with the shared fp32 ONNX on ONNX Runtime,
-  the same ONNX on OpenVINO (``backend: openvino``, precision ``auto``: bf16 on this CPU), and
-  the NNCF int8 IR from ``vistream export --format openvino --int8`` (its input fitted to the
-  video's frames, the export's default); ``vs_ov_int8_square``: the int8 IR at the model's
-  square input (``--input-size square``);
+  the same ONNX on OpenVINO (``backend: openvino``, precision ``auto``: bf16 on a CPU with
+  AVX-512 BF16 or AMX, f32 otherwise), and the NNCF int8 IR from ``vistream export --format
+  openvino --int8`` (its input fitted to the video's frames, the export's default);
+  ``vs_ov_int8_square``: the int8 IR at the model's square input (``--input-size square``);
 - ``ceiling_ort`` / ``ceiling_ov`` / ``ceiling_ov_int8``: the same backend alone, one thread
   per call, on the same frames, letterbox included, decoding not (frames are decoded before
   the clock starts); with 2 and 3 one-frame calls at once, and (for a model that takes any
@@ -16,7 +16,8 @@ Tools (each run in its own process by ``compare.py``, alternating, medians of th
 - ``ul_onnx``: Ultralytics ``YOLO(onnx).track(video, stream=True, tracker="bytetrack.yaml")``
   with the pipeline's thresholds (confidence 0.25, NMS IoU 0.7, every class);
 - ``ul_openvino``: the same on Ultralytics' own OpenVINO layout (``*_openvino_model/`` with
-  ``metadata.yaml``), which Ultralytics runs through its OpenVINO backend (bf16 here too).
+  ``metadata.yaml``), which Ultralytics runs through its OpenVINO backend (precision chosen
+  as for ``vs_ov``).
   Ultralytics' exporter needs the ``.pt`` checkpoint, which does not exist offline for these
   weights, so the directory is written here exactly as the exporter writes it (IR converted
   by OpenVINO, fp32 weights, the model's metadata as YAML) from the shared ONNX.
@@ -46,11 +47,11 @@ CPU_TOOLS = (
 )
 DESCRIPTIONS = {
     "vs_ort": "vistream `default` (detect + track), ONNX Runtime fp32",
-    "vs_ov": "vistream `default`, OpenVINO auto (bf16 here)",
+    "vs_ov": "vistream `default`, OpenVINO auto (bf16 where the CPU has it, else f32)",
     "vs_ov_int8": "vistream `default`, OpenVINO NNCF int8 (input fitted to the video: 256x320)",
     "vs_ov_int8_square": "vistream `default`, OpenVINO NNCF int8 at the model's square 320x320",
     "ceiling_ort": "model only, ONNX Runtime fp32 (best of 2 or 3 calls of 1 or 3 frames; letterbox incl.)",
-    "ceiling_ov": "model only, OpenVINO auto (bf16)",
+    "ceiling_ov": "model only, OpenVINO auto (bf16 or f32, as above)",
     "ceiling_ov_int8": "model only, OpenVINO int8 (256x320)",
     "ceiling_ov_int8_square": "model only, OpenVINO int8 (320x320)",
     "ul_onnx": "Ultralytics `track()` on the same ONNX",

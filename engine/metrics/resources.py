@@ -22,22 +22,43 @@ from engine.device import Device, parse_device
 _SAMPLE_INTERVAL_S = 0.2
 
 
+#: The CPU vector extensions that decide inference speed (``/proc/cpuinfo`` flag names):
+#: AVX-512 BF16 and AMX run bf16 layers, VNNI int8 ones; without them OpenVINO's ``auto``
+#: precision is f32 and int8 runs on plain AVX2.
+INFERENCE_CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
 def machine_description() -> dict[str, Any]:
-    """CPU, core count, memory, OS and Python of this machine (and the GPU when torch sees one)."""
+    """CPU, core count, memory, OS and Python of this machine (and the GPU when torch sees one).
+
+    ``cpu`` is the model name with its family and model numbers (one name such as "AMD EPYC"
+    covers CPU generations that differ twofold in inference speed); ``cpu_features`` lists
+    which of :data:`INFERENCE_CPU_FLAGS` the CPU has.
+    """
     cpu = platform.processor() or ""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if not key:
+                break  # the first processor's block ends here: every core reports the same
+            fields.setdefault(key, value.strip())
     except OSError:
         pass
+    if "model name" in fields:
+        cpu = fields["model name"]
+        if "cpu family" in fields and "model" in fields:
+            cpu += f" (family {fields['cpu family']}, model {fields['model']})"
     machine: dict[str, Any] = {
         "cpu": cpu or platform.machine(),
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
     }
+    if "flags" in fields:
+        flags = set(fields["flags"].split())
+        machine["cpu_features"] = [flag for flag in INFERENCE_CPU_FLAGS if flag in flags]
     try:
         import psutil
 
@@ -47,6 +68,14 @@ def machine_description() -> dict[str, Any]:
         pass
     machine["gpu"] = _gpu_name() or "none"
     return machine
+
+
+def cpu_features_text(machine: dict[str, Any]) -> str:
+    """``" with AVX2 AVX512F ..."`` for a machine line (empty when the features are unknown)."""
+    features = machine.get("cpu_features")
+    if features is None:
+        return ""
+    return f" with {' '.join(feature.upper() for feature in features) or 'no AVX2'}"
 
 
 def _gpu_name() -> str | None:

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from engine.metrics.resources import cpu_features_text
+
 logger = logging.getLogger(__name__)
 
 _SEGMENT_LABELS = {
@@ -38,7 +40,8 @@ def _machine_line(report: dict[str, Any]) -> str:
     memory = f", {machine['memory_gb']} GB RAM" if "memory_gb" in machine else ""
     load = f", load average {machine['load_average'][0]}" if "load_average" in machine else ""
     return (
-        f"{machine.get('cpu', '?')}, {machine.get('cpus', '?')} CPUs{memory}{load}; "
+        f"{machine.get('cpu', '?')}{cpu_features_text(machine)}, "
+        f"{machine.get('cpus', '?')} CPUs{memory}{load}; "
         f"GPU: {machine.get('gpu', 'none')}; {machine.get('platform', '')}, "
         f"Python {machine.get('python', '')}"
     )
