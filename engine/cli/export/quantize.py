@@ -167,6 +167,16 @@ class _Reader:
         pass
 
 
+def _load_onnx(onnx_path: Path) -> Any:
+    """``onnx.load`` with a one-line ModelError for a file that is not ONNX."""
+    import onnx
+
+    try:
+        return onnx.load(str(onnx_path))
+    except Exception as error:  # onnx raises DecodeError and others
+        raise ModelError(f"cannot read {onnx_path} as ONNX: {error}") from error
+
+
 def quantize_onnxruntime(
     onnx_path: Path, output: Path, calib_frames: Sequence[np.ndarray], imgsz: tuple[int, int]
 ) -> Path:
@@ -179,10 +189,7 @@ def quantize_onnxruntime(
     from onnx import version_converter
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    try:
-        model = onnx.load(str(onnx_path))
-    except Exception as error:  # onnx raises DecodeError and others
-        raise ModelError(f"cannot read {onnx_path} as ONNX: {error}") from error
+    model = _load_onnx(onnx_path)
     opset = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 0)
     if opset < QDQ_MIN_OPSET:
         logger.info("converting %s from opset %d to %d for per-channel QDQ", onnx_path.name, opset, QDQ_OPSET)
@@ -236,7 +243,8 @@ class CpuExport:
             the fp32 model at the same input size (None with ``--no-check``).
         input_hw: The exported model's input (height, width).
         input_agreement: For a resized input only: the fp32 model at ``input_hw`` against
-            the square source, compared in frame pixels (reported, not gated).
+            the square source, compared in frame pixels (refused below
+            :data:`INPUT_AGREEMENT_MIN`).
     """
 
     output: Path
@@ -251,11 +259,7 @@ def _resized_onnx(onnx_path: Path, hw: tuple[int, int], folder: Path) -> Path:
 
     from engine.cli.export.input_size import resize_yolo_input
 
-    try:
-        model = onnx.load(str(onnx_path))
-    except Exception as error:  # onnx raises DecodeError and others
-        raise ModelError(f"cannot read {onnx_path} as ONNX: {error}") from error
-    model = resize_yolo_input(model, hw)
+    model = resize_yolo_input(_load_onnx(onnx_path), hw)
     resized = folder / f"{onnx_path.stem}_{hw[0]}x{hw[1]}.onnx"
     onnx.save(model, str(resized))
     logger.info(
