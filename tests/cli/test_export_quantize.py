@@ -150,3 +150,14 @@ def test_int8_exports_are_gated_on_held_out_frames(
         ops = {node.op_type for node in onnx.load(str(result.output)).graph.node}
         assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
     quantized.close()
+
+
+def test_a_cut_onnx_model_is_one_error_line(
+    model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(model.read_bytes()[:5000])
+    arguments = ["export", str(cut), "--format", "onnx", "--int8", "--calib", str(shared_path(HIGHWAY))]
+    assert main(arguments) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("vistream: error: ") and "cut.onnx" in lines[0], lines

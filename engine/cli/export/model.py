@@ -237,8 +237,17 @@ def export_onnx(
 
 
 def onnx_metadata(path: Path) -> dict[str, str]:
-    """The ``metadata_props`` of an ONNX file."""
+    """The ``metadata_props`` of an ONNX file.
+
+    Raises:
+        ModelError: The file is missing or not an ONNX model (one line, before ONNX Runtime
+            parses it).
+    """
     import onnxruntime as ort
+
+    from engine.backends.model_check import check_onnx_file
+
+    check_onnx_file(path)
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
