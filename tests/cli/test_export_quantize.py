@@ -16,7 +16,7 @@ from engine.cli.export.model import ExportOptions, export_model
 from engine.cli.export.parity import detection_agreement
 from engine.cli.export.quantize import head_prefix, openvino_output, split_frames
 from engine.cli.main import main
-from engine.errors import ConfigError
+from engine.errors import ConfigError, ModelError
 from tests.backends.helpers_yolo import HIGHWAY, read_frames
 from tests.conftest import shared_path
 
@@ -161,3 +161,29 @@ def test_a_cut_onnx_model_is_one_error_line(
     assert main(arguments) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("vistream: error: ") and "cut.onnx" in lines[0], lines
+
+
+def test_a_failed_gate_raises_from_the_library_as_from_the_cli(
+    model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The real gate, run on a candidate that really misses every car: a model that fails it.
+    import engine.cli.export.parity as parity
+
+    gate = parity.detection_agreement
+    monkeypatch.setattr(
+        parity,
+        "detection_agreement",
+        lambda reference, candidate, *args, **kwargs: gate(reference, _NoCars(candidate), *args, **kwargs),
+    )
+    options = ExportOptions(
+        source=model,
+        format="openvino",
+        output=tmp_path / "ir",
+        check_source=shared_path(HIGHWAY),
+        check_frames=6,
+    )
+    # Benchmarks and services call export_model() directly: a failed gate must stop them too.
+    with pytest.raises(ModelError, match=r"parity check failed for .*yolo\.xml: .*recall 0\.0"):
+        export_model(options)
+    report = export_model(options, raise_on_mismatch=False).parity
+    assert not report.passed and report.recall < 0.9

@@ -305,7 +305,10 @@ def export_model(options: ExportOptions, *, raise_on_mismatch: bool = True) -> E
     default_output = (Path.cwd() if source.suffix.lower() != ".pt" else source.parent) / source.stem
     output = options.output or default_output.with_suffix(f".{options.format}")
     if options.cpu_export:
-        return _export_cpu(options)
+        cpu_result = _export_cpu(options)
+        if raise_on_mismatch:
+            raise_if_mismatch(cpu_result)
+        return cpu_result
     if from_torch:
         yolo = load_yolo(source)
         imgsz = options.imgsz or _square(ultralytics_metadata(yolo.model)["imgsz"])
