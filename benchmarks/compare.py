@@ -496,10 +496,15 @@ def render_markdown(report: dict[str, Any]) -> str:
         rows,
     )
     vistream = report["tools"].get("vistream", {})
+    # The CPU tools run the `default` pipeline (every class); the speed tools the vehicles.
+    cpu_only = all(tool in cpu_backends.CPU_TOOLS for tool in report["tools"])
+    classes = "every class" if cpu_only else f"classes {', '.join(VEHICLES)}"
+    if not cpu_only and any(tool in cpu_backends.CPU_TOOLS for tool in report["tools"]):
+        classes += f" ({', '.join(cpu_backends.CPU_TOOLS)}: every class)"
     notes = [
         f"Machine: {common.machine_line(report['machine'])}. All on CPU.",
         f"`{report['video']}`, first {report['frames']} frames, `{report['model']}` at {IMGSZ}×{IMGSZ}, "
-        f"confidence {CONFIDENCE}, NMS IoU {IOU}, classes {', '.join(VEHICLES)}; "
+        f"confidence {CONFIDENCE}, NMS IoU {IOU}, {classes}; "
         f"{'annotated video written' if report['draw_and_write_video'] else 'no drawing, no video'}. "
         f"Medians of {report['repeats']} runs per tool, tools alternating, each run a fresh process "
         f"with its first {report['warmup_frames']} frames untimed (warm-up). "
