@@ -160,8 +160,10 @@ def test_failed_check_fails_the_command(
     ]
     assert main(argv) == 2
     error = capsys.readouterr().err
-    assert "parity check failed for" in error and "box IoU" in error
+    assert "parity check failed for" in error and "box IoU" in error and "kept as m.onnx.refused" in error
     assert json.loads(report.read_text())["parity"]["passed"] is False  # the report is written anyway
+    # The refused model is renamed aside, not left where `run` would load it.
+    assert not (tmp_path / "m.onnx").exists() and (tmp_path / "m.onnx.refused").is_file()
 
 
 @pytest.mark.parametrize(

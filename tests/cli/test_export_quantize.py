@@ -183,7 +183,11 @@ def test_a_failed_gate_raises_from_the_library_as_from_the_cli(
         check_frames=6,
     )
     # Benchmarks and services call export_model() directly: a failed gate must stop them too.
-    with pytest.raises(ModelError, match=r"parity check failed for .*yolo\.xml: .*recall 0\.0"):
+    refused = r"parity check failed for .*yolo\.xml: .*recall 0\.0.*; kept as yolo\.xml\.refused"
+    with pytest.raises(ModelError, match=refused):
         export_model(options)
+    # The refused IR is renamed aside: nothing loads it as yolo.xml, and it is kept.
+    folder = tmp_path / "ir"
+    assert sorted(path.name for path in folder.iterdir()) == ["yolo.bin.refused", "yolo.xml.refused"]
     report = export_model(options, raise_on_mismatch=False).parity
-    assert not report.passed and report.recall < 0.9
+    assert not report.passed and report.recall < 0.9 and (folder / "yolo.xml").is_file()

@@ -405,12 +405,35 @@ def input_agreement_line(report: Any) -> str:
 
 
 def raise_if_mismatch(result: ExportResult) -> None:
-    """Raise a one-line :class:`ModelError` naming the first mismatch of a failed check."""
+    """Raise a one-line :class:`ModelError` naming the first mismatch of a failed check.
+
+    The refused model is first renamed aside (``m.xml`` -> ``m.xml.refused``, its ``.bin``
+    too), so nothing loads it by the name that was asked for, and nothing that looks for
+    ``*.xml`` / ``*.onnx`` / ``*.engine`` finds it; it is kept for inspection, not deleted
+    (a TensorRT build can take minutes).
+    """
     if result.parity is None or result.parity.passed:
         return
     problems = result.parity.problems
     more = f" (and {len(problems) - 1} more; see the report above)" if len(problems) > 1 else ""
-    raise ModelError(f"parity check failed for {result.output}: {problems[0]}{more}")
+    kept = _rename_refused(result.output)
+    where = f"; kept as {kept.name} (rename it back to load it anyway)" if kept is not None else ""
+    raise ModelError(f"parity check failed for {result.output}: {problems[0]}{more}{where}")
+
+
+def _rename_refused(output: Path) -> Path | None:
+    """Rename a refused model file (and an IR's weights) to ``<name>.refused``; None if absent."""
+    files = [output] + ([output.with_suffix(".bin")] if output.suffix.lower() == ".xml" else [])
+    try:
+        if not output.is_file():
+            return None
+        for path in files:
+            if path.is_file():
+                path.replace(path.with_name(f"{path.name}.refused"))
+    except OSError as error:  # the refusal itself must still be raised, with its numbers
+        logger.warning("could not rename the refused model %s aside: %s", output, error)
+        return None
+    return output.with_name(f"{output.name}.refused")
 
 
 def _build_engine(options: ExportOptions, onnx_path: Path, output: Path, imgsz: int, device: str) -> bool:
