@@ -497,10 +497,13 @@ def render_markdown(report: dict[str, Any]) -> str:
     )
     vistream = report["tools"].get("vistream", {})
     # The CPU tools run the `default` pipeline (every class); the speed tools the vehicles.
-    cpu_only = all(tool in cpu_backends.CPU_TOOLS for tool in report["tools"])
-    classes = "every class" if cpu_only else f"classes {', '.join(VEHICLES)}"
-    if not cpu_only and any(tool in cpu_backends.CPU_TOOLS for tool in report["tools"]):
-        classes += f" ({', '.join(cpu_backends.CPU_TOOLS)}: every class)"
+    every_class = [tool for tool in report["tools"] if tool in cpu_backends.CPU_TOOLS]
+    if len(every_class) == len(report["tools"]):
+        classes = "every class"
+    else:
+        classes = f"classes {', '.join(VEHICLES)}"
+        if every_class:
+            classes += f" ({', '.join(every_class)}: every class)"
     notes = [
         f"Machine: {common.machine_line(report['machine'])}. All on CPU.",
         f"`{report['video']}`, first {report['frames']} frames, `{report['model']}` at {IMGSZ}×{IMGSZ}, "

@@ -490,3 +490,27 @@ def test_a_decimated_recording_replays_the_same_frames(highway_video: Path) -> N
             replay.close()
 
     assert replayed(4) == replayed(1)
+
+
+def test_the_comparison_note_names_the_classes_each_tool_ran() -> None:
+    import compare  # benchmarks/compare.py
+
+    def report(*tools: str) -> dict[str, Any]:
+        values = {"fps": 10.0, "ratios_to_vistream": {"fps": 1.0}}
+        return {
+            "machine": {"cpu": "test CPU", "cpus": 2},
+            "video": "v.avi",
+            "model": "m.onnx",
+            "frames": 10,
+            "warmup_frames": 2,
+            "repeats": 1,
+            "draw_and_write_video": False,
+            "tools": {tool: values for tool in tools},
+        }
+
+    # The CPU tools run the `default` pipeline (every class), the speed tools the vehicles.
+    assert "NMS IoU 0.7, every class;" in compare.render_markdown(report("vs_ov_int8", "ul_onnx"))
+    speed_only = compare.render_markdown(report("vistream", "ultralytics"))
+    assert "classes car, truck, bus, motorcycle;" in speed_only
+    mixed = compare.render_markdown(report("vistream", "vs_ort"))
+    assert "classes car, truck, bus, motorcycle (vs_ort: every class);" in mixed
