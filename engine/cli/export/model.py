@@ -299,16 +299,19 @@ def export_model(options: ExportOptions, *, raise_on_mismatch: bool = True) -> E
     options.validate()
     if options.format == "engine":
         import_tensorrt()  # fail before a long ONNX export when TensorRT is missing
+    result = _export_cpu(options) if options.cpu_export else _export_checked_by_parity(options)
+    if raise_on_mismatch:
+        raise_if_mismatch(result)
+    return result
+
+
+def _export_checked_by_parity(options: ExportOptions) -> ExportResult:
+    """ONNX or TensorRT, checked anchor by anchor against the source model."""
     source = options.source
     device = options.device or ("cuda" if options.format == "engine" else "cpu")
     from_torch = source.suffix.lower() in TORCH_SUFFIXES
     default_output = (Path.cwd() if source.suffix.lower() != ".pt" else source.parent) / source.stem
     output = options.output or default_output.with_suffix(f".{options.format}")
-    if options.cpu_export:
-        cpu_result = _export_cpu(options)
-        if raise_on_mismatch:
-            raise_if_mismatch(cpu_result)
-        return cpu_result
     if from_torch:
         yolo = load_yolo(source)
         imgsz = options.imgsz or _square(ultralytics_metadata(yolo.model)["imgsz"])
@@ -358,8 +361,6 @@ def export_model(options: ExportOptions, *, raise_on_mismatch: bool = True) -> E
             reference.close()
             candidate.close()
         (logger.debug if result.parity.passed else logger.error)("%s", result.parity.summary())
-        if raise_on_mismatch:
-            raise_if_mismatch(result)
     return result
 
 
