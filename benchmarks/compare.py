@@ -83,6 +83,10 @@ def _calibration() -> Any:
     return Calibration.load(common.REPO_ROOT / "calibrations" / "highway_overpass.yaml")
 
 
+def _runs_per_tool(repeats: int) -> str:
+    return "One run per tool" if repeats == 1 else f"Medians of {repeats} runs per tool"
+
+
 def _class_ids(names: dict[int, str]) -> list[int]:
     return [index for index, name in names.items() if name in VEHICLES]
 
@@ -179,38 +183,6 @@ def child_ultralytics(
         writer.release()
     timed = latency_ms[warmup:]
     return {"frames": len(timed), "seconds": seconds, "latency_ms": timed, "unique_ids": len(ids)}
-
-
-def child_ultralytics_track(video: Path, model: Path, frames: int, warmup: int) -> dict[str, Any]:
-    from ultralytics import YOLO
-
-    yolo = YOLO(str(model), task="detect")
-    stream = yolo.track(
-        source=str(video),
-        tracker="bytetrack.yaml",
-        stream=True,
-        conf=CONFIDENCE,
-        iou=IOU,
-        imgsz=IMGSZ,
-        classes=_class_ids(yolo.names),
-        device="cpu",
-        verbose=False,
-    )
-    latency_ms: list[float] = []
-    ids: set[int] = set()
-    started = last = time.perf_counter()
-    for result in stream:
-        now = time.perf_counter()
-        latency_ms.append((now - last) * 1e3)  # read + preprocess + infer + track of this frame
-        if result.boxes is not None and result.boxes.id is not None:
-            ids.update(int(track_id) for track_id in result.boxes.id.tolist())
-        last = time.perf_counter()
-        if len(latency_ms) == warmup:  # the first frames warm up; timing starts after them
-            started = last
-        if len(latency_ms) >= frames:
-            break
-    timed = latency_ms[warmup:]
-    return {"frames": len(timed), "seconds": last - started, "latency_ms": timed, "unique_ids": len(ids)}
 
 
 class ViewTransformer:
@@ -315,7 +287,16 @@ def run_child_tool(args: argparse.Namespace) -> int:
     elif args.child == "ultralytics":
         result = child_ultralytics(args.video, args.model, args.frames, args.warmup, args.out, args.video_out)
     elif args.child == "ultralytics_track":
-        result = child_ultralytics_track(args.video, args.model, args.frames, args.warmup)
+        result = common.time_ultralytics_track(
+            args.video,
+            args.model,
+            frames=args.frames,
+            warmup=args.warmup,
+            confidence=CONFIDENCE,
+            iou=IOU,
+            imgsz=IMGSZ,
+            class_names=VEHICLES,
+        )
     elif args.child == "supervision":
         result = child_supervision(args.video, args.model, args.frames, args.warmup, args.out, args.video_out)
     else:
@@ -509,7 +490,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"`{report['video']}`, first {report['frames']} frames, `{report['model']}` at {IMGSZ}×{IMGSZ}, "
         f"confidence {CONFIDENCE}, NMS IoU {IOU}, {classes}; "
         f"{'annotated video written' if report['draw_and_write_video'] else 'no drawing, no video'}. "
-        f"Medians of {report['repeats']} runs per tool, tools alternating, each run a fresh process "
+        f"{_runs_per_tool(report['repeats'])}, tools alternating, each run a fresh process "
         f"with its first {report['warmup_frames']} frames untimed (warm-up). "
         "Latency: frame decoded → result ready.",
     ]

@@ -206,40 +206,10 @@ def child_ceiling(
     return best
 
 
-def child_ultralytics(video: Path, model: Path, frames: int, warmup: int) -> dict[str, Any]:
-    """Ultralytics ``track()`` with the default pipeline's thresholds (every class)."""
-    from ultralytics import YOLO
-
-    yolo = YOLO(str(model), task="detect")
-    stream = yolo.track(
-        source=str(video),
-        tracker="bytetrack.yaml",
-        stream=True,
-        conf=CONFIDENCE,
-        iou=IOU,
-        imgsz=320,
-        device="cpu",
-        verbose=False,
-    )
-    latency_ms: list[float] = []
-    ids: set[int] = set()
-    started = last = time.perf_counter()
-    for result in stream:
-        now = time.perf_counter()
-        latency_ms.append((now - last) * 1e3)
-        if result.boxes is not None and result.boxes.id is not None:
-            ids.update(int(track_id) for track_id in result.boxes.id.tolist())
-        last = time.perf_counter()
-        if len(latency_ms) == warmup:
-            started = last
-        if len(latency_ms) >= frames:
-            break
-    timed = latency_ms[warmup:]
-    return {"frames": len(timed), "seconds": last - started, "latency_ms": timed, "unique_ids": len(ids)}
-
-
 def run_cpu_tool(tool: str, args: Any, child_vistream: Any) -> dict[str, Any]:
     """One tool of :data:`CPU_TOOLS` in this (child) process."""
+    import common
+
     models = prepare_models(args.model.resolve(), args.video, (args.out.parent.parent / "models").resolve())
     model, backend = {
         "ort": (args.model, None),
@@ -253,4 +223,6 @@ def run_cpu_tool(tool: str, args: Any, child_vistream: Any) -> dict[str, Any]:
     if tool.startswith("ceiling_"):
         return child_ceiling(args.video, model, args.frames, args.warmup, backend=backend)
     target = models["ul_openvino"] if tool == "ul_openvino" else args.model
-    return child_ultralytics(args.video, target, args.frames, args.warmup)
+    return common.time_ultralytics_track(
+        args.video, target, frames=args.frames, warmup=args.warmup, confidence=CONFIDENCE, iou=IOU, imgsz=320
+    )
