@@ -64,7 +64,7 @@ def add_subcommand(subparsers: Any) -> None:
         help="video file, file:// or rtsp:// URI, /dev/videoN, test://; default: the pipeline's source(s)",
     )
     run.add_argument("--pipeline", default="default", help="pipeline YAML file, or the name of a shipped one")
-    run.add_argument("--out", type=Path, default=None, help="output directory (default out/<source>)")
+    run.add_argument("-o", "--out", type=Path, default=None, help="output directory (default out/<source>)")
     run.add_argument("--max-frames", type=int, default=None, help="stop each source after N frames")
     run.add_argument("--device", default=None, help="cpu, cuda or cuda:N (overrides the pipeline)")
     run.add_argument("--batch-size", type=int, default=None, help="frames per stage call")

@@ -98,7 +98,7 @@ def test_people_are_tracked(tmp_path: Path) -> None:
 def test_test_source(tmp_path: Path) -> None:
     pytest.importorskip("gi")
     out = tmp_path / "test"
-    result = vistream("run", "test://?width=160&height=120&fps=30&frames=15", "--out", str(out), "--quiet")
+    result = vistream("run", "test://?width=160&height=120&fps=30&frames=15", "-o", str(out), "--quiet")
     assert result.returncode == 0, result.stderr
     assert len(read_events(out)) == 15
     assert decoded_frame_count(out / "annotated.mp4")[0] == 15
