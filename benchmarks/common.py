@@ -116,9 +116,9 @@ def time_ultralytics_track(
 ) -> dict[str, Any]:
     """Ultralytics ``track(bytetrack)`` over a video on the CPU, timed frame by frame.
 
-    ``class_names`` keeps only the classes of those names (None: every class). Each frame's time covers
-    Ultralytics' own read, preprocessing, inference and tracking of it; the first ``warmup``
-    frames are untimed.
+    ``class_names`` keeps only the classes of those names (None: every class). Each frame's
+    time covers Ultralytics' own read, preprocessing, inference and tracking of it; the first
+    ``warmup`` frames are untimed.
 
     Returns:
         ``frames`` and ``seconds`` timed, each frame's ``latency_ms`` and the number of
