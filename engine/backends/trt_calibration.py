@@ -49,6 +49,8 @@ def calibration_frames(source: Path, *, limit: int = 256) -> list[np.ndarray]:
         ]
     elif source.is_file():
         frames = _video_frames(source, limit)
+    elif source.exists():
+        raise CalibrationError(f"calibration source is not a video file or an image folder: {source}")
     else:
         raise CalibrationError(f"calibration source not found: {source}")
     if not frames:

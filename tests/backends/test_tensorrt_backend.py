@@ -134,6 +134,8 @@ def test_calibration_frames_from_a_folder(tmp_path: Path) -> None:
         calibration_frames(empty)
     with pytest.raises(CalibrationError, match="not found"):
         calibration_frames(tmp_path / "missing.mp4")
+    with pytest.raises(CalibrationError, match="not a video file or an image folder: /dev/null"):
+        calibration_frames(Path("/dev/null"))  # it exists, but it is a device
 
 
 def _frames(count: int) -> list[np.ndarray]:

@@ -163,6 +163,36 @@ def test_a_cut_onnx_model_is_one_error_line(
     assert len(lines) == 1 and lines[0].startswith("vistream: error: ") and "cut.onnx" in lines[0], lines
 
 
+@pytest.mark.parametrize(
+    ("calib", "expected"),
+    [
+        ("rtsp://user:hunter2@127.0.0.1:9/cam", "not the rtsp source rtsp://user:***@127.0.0.1:9/cam"),
+        ("/dev/video0", "not the v4l2 source /dev/video0"),
+        ("ftp://127.0.0.1/clip.mp4", "unsupported source URI scheme 'ftp'"),
+    ],
+)
+def test_calibration_from_a_stream_is_refused_by_name(
+    model: Path, calib: str, expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Frames are spread over a whole finite source; a stream is named (its password masked),
+    # not folded by Path() into "rtsp:/..." and reported as a missing file.
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", str(model), "--format", "openvino", "--int8", "--calib", calib])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error.startswith("vistream export: error: argument --calib: needs a video file or an image folder")
+    assert expected in error and "hunter2" not in error
+
+
+def test_a_file_uri_is_a_calibration_file(
+    model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    arguments = ["export", str(model), "--format", "openvino", "--int8", "-o", str(tmp_path)]
+    assert main([*arguments, "--calib", "file:///nonexistent/clip.mp4"]) == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error == "vistream: error: calibration source not found: /nonexistent/clip.mp4"
+
+
 def test_a_failed_gate_raises_from_the_library_as_from_the_cli(
     model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

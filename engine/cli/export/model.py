@@ -42,6 +42,7 @@ from engine.backends.trt_calibration import CalibrationBatches, calibration_fram
 from engine.backends.ultralytics_env import import_ultralytics
 from engine.cli.export.parity import compare_backends
 from engine.errors import ConfigError, ModelError
+from engine.sources.uri import mask_credentials, parse_uri
 
 logger = logging.getLogger(__name__)
 
@@ -502,7 +503,9 @@ def add_subcommand(subparsers: Any) -> None:
         action="store_true",
         help="INT8 (TensorRT, OpenVINO/NNCF or ONNX Runtime), calibrated on --calib",
     )
-    parser.add_argument("--calib", type=Path, default=None, help="video or image folder for INT8 calibration")
+    parser.add_argument(
+        "--calib", type=_frames_path, default=None, help="video or image folder for INT8 calibration"
+    )
     parser.add_argument("--calib-frames", type=int, default=256, help="calibration frames at most (256)")
     parser.add_argument("--batch", type=int, default=1, help="batch size (the maximum with --dynamic) (1)")
     parser.add_argument(
@@ -512,7 +515,9 @@ def add_subcommand(subparsers: Any) -> None:
     parser.add_argument(
         "--cache-dir", type=Path, default=None, help="engine cache (default ~/.cache/vistream)"
     )
-    parser.add_argument("--check-source", type=Path, default=None, help="video or image folder for the check")
+    parser.add_argument(
+        "--check-source", type=_frames_path, default=None, help="video or image folder for the check"
+    )
     parser.add_argument(
         "--check-frames",
         type=int,
@@ -527,6 +532,25 @@ def add_subcommand(subparsers: Any) -> None:
         "--report", type=Path, default=None, help="write the result (and parity) as JSON here"
     )
     parser.set_defaults(handler=_export_command)
+
+
+def _frames_path(text: str) -> Path:
+    """A --calib / --check-source argument: a video file or an image folder (path or file://).
+
+    Frames are spread over the whole of a finite source, so a camera or a stream is refused
+    here, by name (``Path()`` would fold ``rtsp://host`` into ``rtsp:/host`` and report a
+    missing file).
+    """
+    try:
+        uri = parse_uri(text)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(f"needs a video file or an image folder ({error})") from None
+    if uri.kind != "file":
+        raise argparse.ArgumentTypeError(
+            f"needs a video file or an image folder, not the {uri.kind} source "
+            f"{mask_credentials(text)}: record a clip of it first"
+        )
+    return Path(uri.location)
 
 
 def _export_command(args: argparse.Namespace) -> int:
