@@ -28,8 +28,13 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def calibration_frames(source: Path, *, limit: int = 256) -> list[np.ndarray]:
+def calibration_frames(
+    source: Path, *, limit: int = 256, role: str = "calibration source"
+) -> list[np.ndarray]:
     """Up to ``limit`` BGR frames from a video (evenly spaced) or an image folder (sorted).
+
+    ``role`` names the source in errors (``"check source"``, ...): the same reader serves
+    calibration, the export's checks and ``bench model``.
 
     Raises:
         CalibrationError: The source is missing, unreadable or has no frames.
@@ -40,7 +45,7 @@ def calibration_frames(source: Path, *, limit: int = 256) -> list[np.ndarray]:
     if source.is_dir():
         files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
-            raise CalibrationError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in calibration folder {source}")
+            raise CalibrationError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {role} folder {source}")
         picks = np.unique(np.linspace(0, len(files) - 1, min(limit, len(files))).round().astype(int))
         frames = [
             image
@@ -50,11 +55,11 @@ def calibration_frames(source: Path, *, limit: int = 256) -> list[np.ndarray]:
     elif source.is_file():
         frames = _video_frames(source, limit)
     elif source.exists():
-        raise CalibrationError(f"calibration source is not a video file or an image folder: {source}")
+        raise CalibrationError(f"{role} is not a video file or an image folder: {source}")
     else:
-        raise CalibrationError(f"calibration source not found: {source}")
+        raise CalibrationError(f"{role} not found: {source}")
     if not frames:
-        raise CalibrationError(f"no readable frames in calibration source {source}")
+        raise CalibrationError(f"no readable frames in {role} {source}")
     return frames
 
 

@@ -107,3 +107,15 @@ def test_standalone_and_vistream_cli(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert args.batch == (1, 8) and args.handler.__module__ == "engine.cli.bench.model"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["bench", "model", model, "--batch", "x", "-o", "out"])
+
+
+def test_the_frame_source_is_a_file_or_folder_named_in_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = str(shared_path("models/yolo11n_fp32_320.onnx"))
+    base = [model, "--batch", "1", "--iterations", "1", "--no-stage", "--no-plot", "-o", str(tmp_path)]
+    with pytest.raises(SystemExit):  # a stream has no "whole" to spread frames over
+        main([*base, "--source", "rtsp://127.0.0.1:9/cam"])
+    assert "not the rtsp source rtsp://127.0.0.1:9/cam" in capsys.readouterr().err
+    assert main([*base, "--source", f"file://{tmp_path}/missing.mp4"]) == 2
+    assert f"benchmark source not found: {tmp_path}/missing.mp4" in capsys.readouterr().err

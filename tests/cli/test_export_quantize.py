@@ -191,6 +191,16 @@ def test_a_file_uri_is_a_calibration_file(
     assert main([*arguments, "--calib", "file:///nonexistent/clip.mp4"]) == 2
     error = capsys.readouterr().err.splitlines()[-1]
     assert error == "vistream: error: calibration source not found: /nonexistent/clip.mp4"
+    # The check's own frames are named as such; without --check-source they are --calib's.
+    fp32 = ["export", str(model), "--format", "openvino", "-o", str(tmp_path)]
+    assert main([*fp32, "--check-source", "/nonexistent/check.mp4"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith("check source not found: /nonexistent/check.mp4")
+    assert main([*fp32, "--calib", "/nonexistent/clip.mp4"]) == 2
+    assert (
+        capsys.readouterr()
+        .err.splitlines()[-1]
+        .endswith("calibration source not found: /nonexistent/clip.mp4")
+    )
 
 
 def test_a_failed_gate_raises_from_the_library_as_from_the_cli(

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.cli.export.model import check_frames
+from engine.cli.export.model import check_frames, frames_path_argument
 from engine.device import parse_device
 from engine.errors import ConfigError, EngineError
 from engine.frame import Batch, Frame
@@ -109,7 +109,7 @@ def time_interleaved(
 
 
 def _frames(source: Path | None, count: int) -> list[np.ndarray]:
-    return check_frames(source, count)
+    return check_frames(source, count, role="benchmark source")
 
 
 def bench_model(options: ModelBenchOptions) -> dict[str, Any]:
@@ -279,7 +279,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--out", type=Path, required=True, help="output directory")
     parser.add_argument("--iterations", type=int, default=30, help="timed calls per batch size (30)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls first (3)")
-    parser.add_argument("--source", type=Path, default=None, help="video or image folder (default synthetic)")
+    parser.add_argument(
+        "--source", type=frames_path_argument, default=None, help="video or image folder (default synthetic)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
     parser.add_argument("--half", action="store_true", help="FP16 (PyTorch models on CUDA)")
     parser.add_argument("--no-stage", action="store_true", help="time the bare model only")

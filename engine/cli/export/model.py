@@ -91,6 +91,16 @@ class ExportOptions:
         return parse_input_size(self.input_size)
 
     @property
+    def check_source_role(self) -> tuple[Path | None, str]:
+        """The check's frame source and how errors name it.
+
+        ``check_source``, else ``calib``, else None (synthetic frames).
+        """
+        if self.check_source is not None:
+            return self.check_source, "check source"
+        return self.calib, "calibration source"
+
+    @property
     def parity_frames(self) -> int:
         """Frames of the anchor-by-anchor parity check (ONNX, TensorRT)."""
         return self.check_frames or 8
@@ -256,10 +266,13 @@ def onnx_metadata(path: Path) -> dict[str, str]:
     return dict(session.get_modelmeta().custom_metadata_map)
 
 
-def check_frames(source: Path | None, count: int) -> list[np.ndarray]:
-    """BGR frames for the parity check: from a video/image folder, or a synthetic scene."""
+def check_frames(source: Path | None, count: int, *, role: str = "check source") -> list[np.ndarray]:
+    """BGR frames for the parity check: from a video/image folder, or a synthetic scene.
+
+    ``role`` names ``source`` in errors (see :func:`calibration_frames`).
+    """
     if source is not None:
-        return calibration_frames(source, limit=count)
+        return calibration_frames(source, limit=count, role=role)
     rng = np.random.default_rng(0)
     frames = []
     for index in range(count):
@@ -278,6 +291,26 @@ def check_frames(source: Path | None, count: int) -> list[np.ndarray]:
         frame = cv2.add(frame, noise)  # type: ignore[assignment]
         frames.append(frame)
     return frames
+
+
+def frames_path_argument(text: str) -> Path:
+    """An argparse type for --calib, --check-source, ``bench model --source``: a video file or
+    an image folder (a path or a file:// URI).
+
+    Frames are spread over the whole of a finite source, so a camera or a stream is refused
+    here, by name (``Path()`` would fold ``rtsp://host`` into ``rtsp:/host`` and report a
+    missing file).
+    """
+    try:
+        uri = parse_uri(text)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(f"needs a video file or an image folder ({error})") from None
+    if uri.kind != "file":
+        raise argparse.ArgumentTypeError(
+            f"needs a video file or an image folder, not the {uri.kind} source "
+            f"{mask_credentials(text)}: record a clip of it first"
+        )
+    return Path(uri.location)
 
 
 def _square(imgsz: Any) -> int:
@@ -348,7 +381,8 @@ def _export_checked_by_parity(options: ExportOptions) -> ExportResult:
         candidate = OnnxRuntimeBackend(onnx_path, device="cuda" if options.half else "cpu")
 
     if options.check:
-        frames = check_frames(options.check_source or options.calib, options.parity_frames)
+        check_source, check_role = options.check_source_role
+        frames = check_frames(check_source, options.parity_frames, role=check_role)
         try:
             result.parity = compare_backends(
                 reference,
@@ -504,7 +538,7 @@ def add_subcommand(subparsers: Any) -> None:
         help="INT8 (TensorRT, OpenVINO/NNCF or ONNX Runtime), calibrated on --calib",
     )
     parser.add_argument(
-        "--calib", type=_frames_path, default=None, help="video or image folder for INT8 calibration"
+        "--calib", type=frames_path_argument, default=None, help="video or image folder for INT8 calibration"
     )
     parser.add_argument("--calib-frames", type=int, default=256, help="calibration frames at most (256)")
     parser.add_argument("--batch", type=int, default=1, help="batch size (the maximum with --dynamic) (1)")
@@ -516,7 +550,7 @@ def add_subcommand(subparsers: Any) -> None:
         "--cache-dir", type=Path, default=None, help="engine cache (default ~/.cache/vistream)"
     )
     parser.add_argument(
-        "--check-source", type=_frames_path, default=None, help="video or image folder for the check"
+        "--check-source", type=frames_path_argument, default=None, help="video or image folder for the check"
     )
     parser.add_argument(
         "--check-frames",
@@ -532,25 +566,6 @@ def add_subcommand(subparsers: Any) -> None:
         "--report", type=Path, default=None, help="write the result (and parity) as JSON here"
     )
     parser.set_defaults(handler=_export_command)
-
-
-def _frames_path(text: str) -> Path:
-    """A --calib / --check-source argument: a video file or an image folder (path or file://).
-
-    Frames are spread over the whole of a finite source, so a camera or a stream is refused
-    here, by name (``Path()`` would fold ``rtsp://host`` into ``rtsp:/host`` and report a
-    missing file).
-    """
-    try:
-        uri = parse_uri(text)
-    except ConfigError as error:
-        raise argparse.ArgumentTypeError(f"needs a video file or an image folder ({error})") from None
-    if uri.kind != "file":
-        raise argparse.ArgumentTypeError(
-            f"needs a video file or an image folder, not the {uri.kind} source "
-            f"{mask_credentials(text)}: record a clip of it first"
-        )
-    return Path(uri.location)
 
 
 def _export_command(args: argparse.Namespace) -> int:

@@ -67,7 +67,7 @@ def split_frames(
 
     if check_source is not None:
         return calibration_frames(calib, limit=calib_count), calibration_frames(
-            check_source, limit=check_count
+            check_source, limit=check_count, role="check source"
         )
     frames = calibration_frames(calib, limit=calib_count + check_count)
     if len(frames) < 2:
@@ -300,15 +300,14 @@ def export_cpu(options: Any, onnx_path: Path, imgsz: int) -> CpuExport:
     from engine.cli.export.model import check_frames
     from engine.cli.export.parity import detection_agreement
 
+    check_source, check_role = options.check_source_role
     calib, held_out = None, None
     if options.int8:
         calib, held_out = split_frames(
             options.calib, options.calib_frames, options.gate_frames, options.check_source
         )
-    elif (options.check or options.input_hw == "auto") and (
-        options.check_source or options.calib
-    ) is not None:
-        held_out = check_frames(options.check_source or options.calib, options.gate_frames)
+    elif (options.check or options.input_hw == "auto") and check_source is not None:
+        held_out = check_frames(check_source, options.gate_frames, role=check_role)
     elif options.check:
         # Synthetic scenes hold no objects a trained detector finds: nothing to gate on.
         logger.warning("no frames to check %s on: give --check-source VIDEO", options.source.name)
